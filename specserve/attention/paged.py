@@ -1,0 +1,157 @@
+"""Paged attention: a plain reference op (for tests) and a batched op (the one the model uses).
+
+KV cache layout per layer: k_cache, v_cache of shape [num_blocks, block_size, num_kv_heads, head_dim].
+A slot is one token position: slot = block_id * block_size + offset.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from specserve.attention.metadata import AttentionMetadata
+
+# Requests with at most this many new tokens (decode steps, speculative candidates) are padded
+# into one batched attention call; longer prefill chunks get a call of their own.
+MAX_BATCHED_QUERY_LEN = 32
+
+
+def write_kv(
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    value: torch.Tensor,
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,  # [num_tokens]
+) -> None:
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key.to(k_cache.dtype))
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value.to(v_cache.dtype))
+
+
+def context_mask(query_len: int, seq_len: int, custom: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Bool mask [query_len, seq_len]: True where a new token may attend to a context token."""
+    num_cached = seq_len - query_len
+    if custom is None:
+        q_pos = torch.arange(query_len, device=device).unsqueeze(1) + num_cached
+        k_pos = torch.arange(seq_len, device=device).unsqueeze(0)
+        return k_pos <= q_pos
+    mask = torch.ones(query_len, seq_len, dtype=torch.bool, device=device)
+    mask[:, num_cached:] = custom.to(device=device, dtype=torch.bool)
+    return mask
+
+
+def _gather_slots(block_table: torch.Tensor, seq_len: int, block_size: int) -> torch.Tensor:
+    num_blocks = (seq_len + block_size - 1) // block_size
+    offsets = torch.arange(block_size, device=block_table.device)
+    slots = (block_table[:num_blocks].unsqueeze(1) * block_size + offsets).reshape(-1)
+    return slots[:seq_len]
+
+
+def reference_paged_attention(
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    md: AttentionMetadata,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Straightforward per-request attention in float32; the ground truth for tests."""
+    num_heads, head_dim = query.shape[1], query.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    scale = scale if scale is not None else 1.0 / math.sqrt(head_dim)
+    flat_k = k_cache.view(-1, num_kv_heads, head_dim)
+    flat_v = v_cache.view(-1, num_kv_heads, head_dim)
+    out = torch.empty_like(query)
+    for i in range(md.num_reqs):
+        start, end = md.query_start_loc[i], md.query_start_loc[i + 1]
+        seq_len = md.seq_lens[i]
+        slots = _gather_slots(md.block_tables[i], seq_len, md.block_size)
+        k = flat_k[slots].float().repeat_interleave(num_heads // num_kv_heads, dim=1)
+        v = flat_v[slots].float().repeat_interleave(num_heads // num_kv_heads, dim=1)
+        q = query[start:end].float()
+        scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+        mask = context_mask(end - start, seq_len, md.mask_for(i), query.device)
+        scores = scores.masked_fill(~mask.unsqueeze(0), float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[start:end] = torch.einsum("hqk,khd->qhd", probs, v).to(query.dtype)
+    return out
+
+
+class _BatchedPlan:
+    """Per-step index tensors shared by every layer (built once from the metadata)."""
+
+    def __init__(self, md: AttentionMetadata, device: torch.device) -> None:
+        short = [i for i in range(md.num_reqs) if md.query_len(i) <= MAX_BATCHED_QUERY_LEN]
+        self.long_reqs = [i for i in range(md.num_reqs) if md.query_len(i) > MAX_BATCHED_QUERY_LEN]
+        self.short_reqs = short
+        self.long_masks: dict[int, torch.Tensor | None] = {}
+        self.long_slots: dict[int, torch.Tensor] = {}
+        for i in self.long_reqs:
+            custom = md.mask_for(i)
+            self.long_masks[i] = None if custom is None else context_mask(
+                md.query_len(i), md.seq_lens[i], custom, device)
+            self.long_slots[i] = _gather_slots(md.block_tables[i], md.seq_lens[i], md.block_size)
+        if not short:
+            return
+        max_q = max(md.query_len(i) for i in short)
+        max_len = max(md.seq_lens[i] for i in short)
+        num = len(short)
+        slots = torch.zeros(num, max_len, dtype=torch.long, device=device)
+        mask = torch.zeros(num, max_q, max_len, dtype=torch.bool, device=device)
+        q_rows = torch.zeros(num, max_q, dtype=torch.long, device=device)
+        q_valid = torch.zeros(num, max_q, dtype=torch.bool, device=device)
+        for row, i in enumerate(short):
+            qlen, seq_len = md.query_len(i), md.seq_lens[i]
+            slots[row, :seq_len] = _gather_slots(md.block_tables[i], seq_len, md.block_size)
+            mask[row, :qlen, :seq_len] = context_mask(qlen, seq_len, md.mask_for(i), device)
+            mask[row, qlen:, 0] = True  # padded query rows attend to one key so softmax stays finite
+            q_rows[row, :qlen] = torch.arange(md.query_start_loc[i], md.query_start_loc[i] + qlen)
+            q_valid[row, :qlen] = True
+        self.slots = slots  # [num_short, max_len]
+        self.mask = mask.unsqueeze(1)  # [num_short, 1, max_q, max_len]
+        self.q_rows = q_rows  # [num_short, max_q]
+        self.q_valid = q_valid
+        self.out_rows = q_rows[q_valid]
+
+
+def paged_attention(
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    md: AttentionMetadata,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Batched paged attention via SDPA: one padded call for short queries, one per long prefill."""
+    num_heads, head_dim = query.shape[1], query.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    plan = md.cache.get("batched_plan")
+    if plan is None:
+        plan = _BatchedPlan(md, query.device)
+        md.cache["batched_plan"] = plan
+    assert isinstance(plan, _BatchedPlan)
+    flat_k = k_cache.view(-1, num_kv_heads, head_dim)
+    flat_v = v_cache.view(-1, num_kv_heads, head_dim)
+    gqa = num_heads != num_kv_heads
+    out = torch.empty_like(query)
+    if plan.short_reqs:
+        q = query[plan.q_rows].transpose(1, 2)  # [B, H, max_q, D]
+        k = flat_k[plan.slots].transpose(1, 2)  # [B, Hkv, max_len, D]
+        v = flat_v[plan.slots].transpose(1, 2)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, scale=scale, enable_gqa=gqa)
+        out[plan.out_rows] = o.transpose(1, 2)[plan.q_valid]
+    for i in plan.long_reqs:
+        start, end = md.query_start_loc[i], md.query_start_loc[i + 1]
+        slots = plan.long_slots[i]
+        q = query[start:end].transpose(0, 1).unsqueeze(0)  # [1, H, q, D]
+        k = flat_k[slots].transpose(0, 1).unsqueeze(0)
+        v = flat_v[slots].transpose(0, 1).unsqueeze(0)
+        mask = plan.long_masks[i]
+        if mask is None and end - start == md.seq_lens[i]:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+        else:
+            if mask is None:
+                mask = context_mask(end - start, md.seq_lens[i], None, query.device)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+        out[start:end] = o.squeeze(0).transpose(0, 1)
+    return out

@@ -1,0 +1,126 @@
+"""Command line: specserve generate | chat (serve, bench and training join as they land).
+
+Every user error ends in one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--model", default=None,
+                       help="HF folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
+    group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    group.add_argument("--device", default="cpu")
+    group.add_argument("--kv-cache-memory", default="1GiB", help="KV cache budget, e.g. 2GiB")
+    group.add_argument("--block-size", type=int, default=16)
+    group.add_argument("--max-num-seqs", type=int, default=64)
+    group.add_argument("--max-num-batched-tokens", type=int, default=1024)
+    group.add_argument("--max-model-len", type=int, default=None)
+    group.add_argument("--no-prefix-caching", action="store_true")
+    group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        model=args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
+        block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+        enable_prefix_caching=not args.no_prefix_caching,
+    )
+
+
+def make_llm(args: argparse.Namespace) -> Any:
+    import torch
+
+    from specserve.engine.llm import LLM
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return LLM(**engine_kwargs(args))
+
+
+def sampling_from_args(args: argparse.Namespace) -> Any:
+    from specserve.sampling_params import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                          max_tokens=args.max_tokens, seed=args.seed)
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, default_temperature: float) -> None:
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=default_temperature)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    params = sampling_from_args(args)
+    llm = make_llm(args)
+    if args.chat:
+        output = llm.chat([{"role": "user", "content": args.prompt}], params)[0]
+    else:
+        output = llm.generate([args.prompt], params)[0]
+    completion = output.outputs[0]
+    if args.json:
+        print(json.dumps({"text": completion.text, "token_ids": completion.token_ids,
+                          "finish_reason": completion.finish_reason,
+                          "prompt_tokens": len(output.prompt_token_ids), "metrics": output.metrics}))
+    else:
+        print(completion.text)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from specserve.engine.chat_repl import run_chat
+
+    llm = make_llm(args)
+    run_chat(llm, sampling_from_args(args), system=args.system)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specserve", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate a completion for one prompt")
+    gen.add_argument("prompt")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    gen.add_argument("--json", action="store_true", help="print a JSON object")
+    add_sampling_args(gen, default_temperature=0.0)
+    add_engine_args(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    chat = sub.add_parser("chat", help="interactive chat in the terminal, streaming")
+    chat.add_argument("--system", default=None, help="system prompt")
+    add_sampling_args(chat, default_temperature=0.0)
+    add_engine_args(chat)
+    chat.set_defaults(func=cmd_chat)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line, no traceback, for every user-facing failure
+        if os.environ.get("SPECSERVE_DEBUG"):
+            raise
+        name = type(exc).__name__
+        message = str(exc).splitlines()[0] if str(exc) else name
+        print(f"specserve: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

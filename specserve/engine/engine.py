@@ -1,0 +1,291 @@
+"""The synchronous engine: add_request / abort_request / step.
+
+A step is ``schedule -> execute -> update``; then text is detokenized incrementally, stop strings are
+checked, and one RequestOutput per touched request group is returned. A request with ``n > 1``
+becomes n child sequences ("<id>#<i>") that share the prompt's blocks through the prefix cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from specserve.config import EngineConfig
+from specserve.core.kv_cache_manager import KVCacheManager
+from specserve.core.scheduler import Scheduler
+from specserve.detokenizer import IncrementalDetokenizer, find_stop, stop_holdback
+from specserve.engine.model_setup import LoadedModel, load_engine_model
+from specserve.outputs import CompletionOutput, RequestOutput
+from specserve.request import Request, RequestStatus
+from specserve.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+PromptInput = str | list[int] | dict[str, Any]
+
+
+@dataclass
+class _Sequence:
+    """Engine-side state of one child sequence (the scheduler owns the Request)."""
+
+    request: Request
+    index: int
+    detokenizer: IncrementalDetokenizer
+    visible_len: int = 0  # chars of text already released to the caller
+    logprobs: list[Any] = field(default_factory=list)
+    cumulative_logprob: float = 0.0
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    emitted_tokens: int = 0
+    text_limit: int | None = None  # where a matched stop string cut the text
+
+    @property
+    def text(self) -> str:
+        full = self.detokenizer.text
+        return full if self.text_limit is None else full[:self.text_limit]
+
+
+@dataclass
+class _Group:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    sequences: list[_Sequence]
+    arrival_time: float = field(default_factory=time.monotonic)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finish_reason is not None for s in self.sequences)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig | None = None, loaded: LoadedModel | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.m = loaded or load_engine_model(self.config)
+        self.tokenizer = self.m.tokenizer
+        self.max_model_len = self.m.max_model_len
+        self.kv = KVCacheManager(self.m.num_blocks, self.config.cache.block_size,
+                                 self.config.cache.enable_prefix_caching)
+        self.scheduler = Scheduler(self.config.scheduler, self.kv)
+        self.runner = self.m.runner
+        self.groups: dict[str, _Group] = {}
+        self.seq_by_child: dict[str, tuple[_Group, _Sequence]] = {}
+        self.num_steps = 0
+        self.num_generated_tokens = 0
+        self._pending_outputs: list[RequestOutput] = []
+
+    # ---- input -------------------------------------------------------------------------------
+    def tokenize_prompt(self, prompt: PromptInput) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                ids = prompt["prompt_token_ids"]
+                if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+                    raise ValueError("prompt_token_ids must be a list of integers")
+                return prompt.get("prompt"), list(ids)
+            if "prompt" in prompt:
+                prompt = prompt["prompt"]
+            else:
+                raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt is empty")
+            return prompt, self.tokenizer.encode(prompt)
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            return None, list(prompt)
+        raise ValueError(f"unsupported prompt type {type(prompt).__name__}")
+
+    def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams | None = None) -> None:
+        """Validate and queue a request; raises ValueError on bad input (nothing is allocated then)."""
+        params = params or SamplingParams()
+        if request_id in self.groups:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        text, ids = self.tokenize_prompt(prompt)
+        self.validate_prompt(ids)
+        sequences = []
+        for index in range(params.n):
+            child_params = params
+            if params.n > 1:
+                seed = None if params.seed is None else params.seed + index
+                child_params = dataclasses.replace(params, n=1, seed=seed)
+            child_id = request_id if params.n == 1 else f"{request_id}#{index}"
+            request = Request(child_id, ids, child_params, frozenset(self.m.eos_token_ids), self.max_model_len)
+            detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
+            sequences.append(_Sequence(request, index, detok))
+        group = _Group(request_id, text, ids, params, sequences)
+        self.groups[request_id] = group
+        for seq in sequences:
+            self.seq_by_child[seq.request.request_id] = (group, seq)
+            self.scheduler.add_request(seq.request)
+
+    def validate_prompt(self, ids: list[int]) -> None:
+        if not ids:
+            raise ValueError("prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt has {len(ids)} tokens; the model's context is {self.max_model_len} "
+                             f"tokens and at least one must be left to generate")
+        vocab = self.m.vocab_size
+        bad = [t for t in ids if t < 0 or t >= vocab]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary (size {vocab})")
+        blocks_needed = (len(ids) + 1 + self.config.cache.block_size - 1) // self.config.cache.block_size
+        if blocks_needed > self.m.num_blocks:
+            raise ValueError(f"prompt needs {blocks_needed} KV blocks but the cache has {self.m.num_blocks}")
+
+    def abort_request(self, request_id: str) -> None:
+        """Stop a request at once and free its blocks; unknown ids are ignored."""
+        group = self.groups.get(request_id)
+        if group is None:
+            return
+        for seq in group.sequences:
+            if seq.finish_reason is None:
+                self.scheduler.finish_request(seq.request.request_id, RequestStatus.FINISHED_ABORTED)
+                seq.finish_reason = "abort"
+        self._pending_outputs.append(self._make_output(group, {}))
+        self._forget(group)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.groups) or bool(self._pending_outputs)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        outputs, self._pending_outputs = self._pending_outputs, []
+        sched = self.scheduler.schedule()
+        touched: dict[str, dict[str, list[int]]] = {}
+        # Requests the scheduler finished itself (cannot fit) report here.
+        for request_id in sched.finished_request_ids:
+            self._mark_finished_by_scheduler(request_id, touched)
+        if sched.is_empty:
+            outputs.extend(self._collect(touched))
+            return outputs
+        self.num_steps += 1
+        try:
+            results = self.runner.execute(sched)
+        except Exception:
+            logger.exception("model step failed; failing the %d scheduled requests", len(sched.scheduled))
+            for item in sched.scheduled:
+                self.scheduler.finish_request(item.request_id, RequestStatus.FINISHED_ERROR)
+                self._mark_finished_by_scheduler(item.request_id, touched)
+            outputs.extend(self._collect(touched))
+            return outputs
+        for request, new_tokens in self.scheduler.update_from_output(sched, results):
+            group, seq = self.seq_by_child[request.request_id]
+            result = results.get(request.request_id)
+            if result is not None and result.logprobs:
+                seq.logprobs.extend(result.logprobs[:len(new_tokens)])
+            self.num_generated_tokens += len(new_tokens)
+            touched.setdefault(group.request_id, {})[request.request_id] = new_tokens
+        outputs.extend(self._collect(touched))
+        return outputs
+
+    def _mark_finished_by_scheduler(self, child_id: str, touched: dict[str, dict[str, list[int]]]) -> None:
+        entry = self.seq_by_child.get(child_id)
+        if entry is None:
+            return
+        group, seq = entry
+        touched.setdefault(group.request_id, {}).setdefault(child_id, [])
+
+    def _collect(self, touched: dict[str, dict[str, list[int]]]) -> list[RequestOutput]:
+        outputs = []
+        for group_id, new_by_child in touched.items():
+            group = self.groups[group_id]
+            outputs.append(self._make_output(group, new_by_child))
+            if group.finished:
+                self._forget(group)
+        return outputs
+
+    def _forget(self, group: _Group) -> None:
+        self.groups.pop(group.request_id, None)
+        for seq in group.sequences:
+            self.seq_by_child.pop(seq.request.request_id, None)
+
+    def _make_output(self, group: _Group, new_by_child: dict[str, list[int]]) -> RequestOutput:
+        completions = []
+        for seq in group.sequences:
+            new_tokens = new_by_child.get(seq.request.request_id, [])
+            completions.append(self._advance_sequence(seq, new_tokens))
+        first = group.sequences[0].request
+        return RequestOutput(
+            request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_token_ids,
+            outputs=completions, finished=group.finished,
+            num_cached_tokens=first.num_cached_prompt_tokens, metrics=self._metrics(group))
+
+    def _advance_sequence(self, seq: _Sequence, new_tokens: list[int]) -> CompletionOutput:
+        request = seq.request
+        stops = request.params.stop or []
+        delta_ids = new_tokens
+        if new_tokens:
+            before = len(seq.text)
+            seq.detokenizer.push(new_tokens)
+            text = seq.text
+            hit = find_stop(text, len(text) - before, stops) if stops else None
+            if hit is not None and seq.finish_reason is None:
+                cut, stop = hit
+                keep = cut + (len(stop) if request.params.include_stop_str_in_output else 0)
+                seq.text_limit = keep
+                seq.stop_reason = stop
+                if request.status == RequestStatus.RUNNING or request.status == RequestStatus.WAITING:
+                    self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED)
+                request.status = RequestStatus.FINISHED_STOPPED
+        if seq.finish_reason is None and request.status.finished:
+            seq.finish_reason = request.status.value
+            if seq.stop_reason is None:
+                seq.stop_reason = request.stop_reason
+        text = seq.text
+        visible = len(text) if seq.finish_reason is not None else len(text) - stop_holdback(text, stops)
+        visible = max(visible, seq.visible_len)
+        delta_text = text[seq.visible_len:visible]
+        seq.visible_len = visible
+        seq.emitted_tokens += len(delta_ids)
+        output_ids = request.output_token_ids
+        logprobs = seq.logprobs if request.params.logprobs is not None else None
+        cumulative = None
+        if logprobs:
+            cumulative = float(sum(getattr(lp, "logprob", 0.0) for lp in logprobs))
+        return CompletionOutput(
+            index=seq.index, text=text[:visible], token_ids=output_ids, cumulative_logprob=cumulative,
+            logprobs=logprobs, finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
+            delta_text=delta_text, delta_token_ids=list(delta_ids))
+
+    def _metrics(self, group: _Group) -> dict[str, Any]:
+        first = group.sequences[0].request
+        spec = first.spec
+        ttft = None if first.first_token_time is None else first.first_token_time - first.arrival_time
+        return {
+            "arrival_time": first.arrival_time,
+            "time_to_first_token": ttft,
+            "num_preemptions": sum(s.request.num_preemptions for s in group.sequences),
+            "spec_steps": spec.num_steps,
+            "spec_proposed_tokens": spec.num_proposed_tokens,
+            "spec_accepted_tokens": spec.num_accepted_tokens,
+            "mean_accepted_tokens_per_step": (spec.num_emitted_tokens / spec.num_steps) if spec.num_steps else None,
+        }
+
+    # ---- introspection -----------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        cache_stats = self.kv.prefix_cache_stats
+        return {
+            "kv_blocks_total": self.m.num_blocks,
+            "kv_blocks_in_use": self.kv.num_used_blocks,
+            "kv_blocks_free": self.kv.num_free_blocks,
+            "prefix_cache_queries": cache_stats.queries,
+            "prefix_cache_hit_tokens": cache_stats.hits,
+            "num_steps": self.num_steps,
+            "num_generated_tokens": self.num_generated_tokens,
+            "num_preemptions": self.scheduler.num_preemptions,
+            "num_running": len(self.scheduler.running),
+            "num_waiting": len(self.scheduler.waiting),
+        }
+
+    def check_integrity(self) -> None:
+        self.kv.check_integrity()
+
+
+def set_threads(num_threads: int | None) -> None:
+    if num_threads:
+        torch.set_num_threads(num_threads)
