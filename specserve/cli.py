@@ -1,4 +1,4 @@
-"""Command line: specserve generate | chat (serve, bench and training join as they land).
+"""Command line: specserve generate | chat | serve (bench and training join as they land).
 
 Every user error ends in one line on stderr and exit status 2, never a traceback.
 """
@@ -86,6 +86,30 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from specserve.engine.engine import set_threads
+    from specserve.server.serve import run_server
+
+    set_threads(args.threads)
+    return run_server(engine_kwargs(args), host=args.host, port=args.port, api_key=args.api_key,
+                      max_queue=args.max_queue, speculator=args.speculator,
+                      served_model_name=args.served_model_name, drain_timeout=args.drain_timeout)
+
+
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=os.environ.get("SPECSERVE_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on /v1 routes (default: $SPECSERVE_API_KEY)")
+    parser.add_argument("--max-queue", type=int, default=256,
+                        help="waiting requests beyond which new ones get 429 (default 256)")
+    parser.add_argument("--speculator", default=None,
+                        help="speculator checkpoint (stored; used once speculation lands)")
+    parser.add_argument("--served-model-name", default=None, help="the id clients send as 'model'")
+    parser.add_argument("--drain-timeout", type=float, default=30.0,
+                        help="seconds running requests may take to finish after SIGTERM")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specserve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(chat, default_temperature=0.0)
     add_engine_args(chat)
     chat.set_defaults(func=cmd_chat)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a chat page at /")
+    add_serve_args(serve)
+    add_engine_args(serve)
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

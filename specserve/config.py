@@ -51,6 +51,26 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class SpecConfig:
+    speculator: str | None = None  # None/"none" | "ngram" | "default" | PATH | "mlp:PATH" | "medusa:PATH" | "draft:PATH"
+    speculation: str = "auto"  # "auto" (adaptive) | "on" | "off"
+    num_speculative_tokens: int | None = None  # max draft depth; None = the speculator's own
+    num_candidates: int | None = None  # max candidate paths; None = the speculator's own
+
+    def __post_init__(self) -> None:
+        if self.speculation not in ("auto", "on", "off"):
+            raise ValueError(f"speculation must be auto, on or off, got {self.speculation!r}")
+        if self.num_speculative_tokens is not None and self.num_speculative_tokens < 0:
+            raise ValueError("num_speculative_tokens must be >= 0")
+        if self.num_candidates is not None and self.num_candidates < 1:
+            raise ValueError("num_candidates must be >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.speculator not in (None, "", "none")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     model: str | None = None  # None = the embedded default (SmolLM2-135M-Instruct GGUF)
     dtype: str = "float32"
@@ -58,6 +78,7 @@ class EngineConfig:
     seed: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    spec: SpecConfig = field(default_factory=SpecConfig)
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):

@@ -27,13 +27,15 @@ NUM_PROMPT_CONTEXT_TOKENS = 5
 
 
 class Tokenizer(Protocol):
-    def decode(self, ids: list[int], skip_special_tokens: bool = ...) -> str: ...
+    def decode(self, ids: list[int], /, skip_special_tokens: bool = ...) -> str: ...
 
 
 class IncrementalDetokenizer:
     """Turns a stream of output token ids into text deltas. One per sequence."""
 
-    def __init__(self, tokenizer: Tokenizer, prompt_token_ids: Sequence[int], skip_special_tokens: bool = True):
+    def __init__(
+        self, tokenizer: Tokenizer, prompt_token_ids: Sequence[int], skip_special_tokens: bool = True
+    ) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         context = list(prompt_token_ids[-NUM_PROMPT_CONTEXT_TOKENS:])

@@ -61,3 +61,6 @@ class RequestStepResult:
     logprobs: list[object] = field(default_factory=list)  # TokenLogprobs per token, if requested
     num_draft_tokens: int = 0
     num_accepted_draft_tokens: int = 0
+    # Drafts for the next step (a tree; see ScheduledRequest.spec_parents).
+    next_spec_token_ids: list[int] = field(default_factory=list)
+    next_spec_parents: list[int] = field(default_factory=list)

@@ -165,6 +165,14 @@ class Scheduler:
                     status = RequestStatus.FINISHED_LENGTH
             if item.spec_token_ids:
                 self.kv.truncate(request.request_id, request.num_computed_tokens)
+                spec = request.spec
+                spec.num_steps += 1
+                spec.num_proposed_tokens += len(item.spec_token_ids)
+                spec.num_accepted_tokens += num_accepted
+                spec.num_emitted_tokens += len(new_tokens)
+            if result is not None:
+                request.spec_token_ids = result.next_spec_token_ids
+                request.spec_parents = result.next_spec_parents
             if status is not None:
                 self.finish_request(request.request_id, status)
             else:

@@ -19,7 +19,7 @@ from specserve.config import EngineConfig
 from specserve.core.kv_cache_manager import KVCacheManager
 from specserve.core.scheduler import Scheduler
 from specserve.detokenizer import IncrementalDetokenizer, find_stop, stop_holdback
-from specserve.engine.model_setup import LoadedModel, load_engine_model
+from specserve.engine.model_setup import ModelBundle, load_engine_model
 from specserve.outputs import CompletionOutput, RequestOutput
 from specserve.request import Request, RequestStatus
 from specserve.sampling_params import SamplingParams
@@ -65,9 +65,9 @@ class _Group:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig | None = None, loaded: LoadedModel | None = None) -> None:
+    def __init__(self, config: EngineConfig | None = None, bundle: ModelBundle | None = None) -> None:
         self.config = config or EngineConfig()
-        self.m = loaded or load_engine_model(self.config)
+        self.m = load_engine_model(self.config, bundle)
         self.tokenizer = self.m.tokenizer
         self.max_model_len = self.m.max_model_len
         self.kv = KVCacheManager(self.m.num_blocks, self.config.cache.block_size,
@@ -165,7 +165,10 @@ class LLMEngine:
             return outputs
         self.num_steps += 1
         try:
+            started = time.perf_counter()
             results = self.runner.execute(sched)
+            if self.runner.spec is not None:
+                self.runner.spec.policy.observe_step(sched.num_batched_tokens, time.perf_counter() - started)
         except Exception:
             logger.exception("model step failed; failing the %d scheduled requests", len(sched.scheduled))
             for item in sched.scheduled:
@@ -280,6 +283,7 @@ class LLMEngine:
             "num_preemptions": self.scheduler.num_preemptions,
             "num_running": len(self.scheduler.running),
             "num_waiting": len(self.scheduler.waiting),
+            **(self.runner.spec.stats.as_dict() if self.runner.spec is not None else {}),
         }
 
     def check_integrity(self) -> None:

@@ -6,8 +6,9 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from specserve.config import CacheConfig, EngineConfig, SchedulerConfig, parse_memory
+from specserve.config import CacheConfig, EngineConfig, SchedulerConfig, SpecConfig, parse_memory
 from specserve.engine.engine import LLMEngine, PromptInput
+from specserve.engine.model_setup import ModelBundle
 from specserve.outputs import RequestOutput
 from specserve.sampling_params import SamplingParams
 
@@ -18,19 +19,25 @@ def build_engine_config(model: str | None = None, dtype: str = "float32", device
                         block_size: int = 16, kv_cache_memory: str | int = "1GiB",
                         num_kv_blocks: int | None = None, enable_prefix_caching: bool = True,
                         max_num_batched_tokens: int = 1024, max_num_seqs: int = 64,
-                        max_model_len: int | None = None, seed: int = 0) -> EngineConfig:
+                        max_model_len: int | None = None, seed: int = 0, speculator: str | None = None,
+                        speculation: str = "auto", num_speculative_tokens: int | None = None,
+                        num_candidates: int | None = None) -> EngineConfig:
     return EngineConfig(
         model=model, dtype=dtype, device=device, seed=seed,
         cache=CacheConfig(block_size=block_size, kv_cache_memory=parse_memory(kv_cache_memory),
                           num_blocks=num_kv_blocks, enable_prefix_caching=enable_prefix_caching),
         scheduler=SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens,
                                   max_num_seqs=max_num_seqs, max_model_len=max_model_len),
+        spec=SpecConfig(speculator=speculator, speculation=speculation,
+                        num_speculative_tokens=num_speculative_tokens, num_candidates=num_candidates),
     )
 
 
 class LLM:
-    def __init__(self, model: str | None = None, dtype: str = "float32", **engine_args: Any) -> None:
-        self.engine = LLMEngine(build_engine_config(model=model, dtype=dtype, **engine_args))
+    def __init__(self, model: str | None = None, dtype: str = "float32", bundle: ModelBundle | None = None,
+                 **engine_args: Any) -> None:
+        """``bundle``: already loaded weights to share (see engine.model_setup.load_bundle)."""
+        self.engine = LLMEngine(build_engine_config(model=model, dtype=dtype, **engine_args), bundle)
         self.tokenizer = self.engine.tokenizer
         self._ids = itertools.count()
 

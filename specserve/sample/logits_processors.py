@@ -30,8 +30,9 @@ def apply_penalties_and_scaling(
 ) -> torch.Tensor:
     """Repetition / presence / frequency penalties, min_tokens masking, temperature.
 
-    logits: [R, V]. Returns a float32 tensor [R, V]; the input is never modified (the sampler
-    still needs the raw logits for logprobs). Rows with nothing to do cost nothing.
+    logits: [R, V]. Returns a float32 tensor [R, V]. The input is never modified in place (the
+    sampler still needs the raw logits for logprobs); when no row needs any of this, the result
+    is the input itself. Rows with nothing to do cost nothing.
     Greedy rows are not divided by their (near-zero) temperature: argmax does not care.
     """
     assert logits.dim() == 2 and logits.shape[0] == len(states), "one state per logits row"
@@ -48,7 +49,8 @@ def apply_penalties_and_scaling(
 
 def _pad_rows(rows: list[list[int]], pad: int) -> torch.Tensor:
     width = max((len(r) for r in rows), default=0)
-    return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.int64).reshape(len(rows), width)
+    padded = [r + [pad] * (width - len(r)) for r in rows]
+    return torch.tensor(padded, dtype=torch.int64).reshape(len(rows), width)
 
 
 def _apply_penalties(out: torch.Tensor, states: Sequence[SamplingState], rows: list[int]) -> torch.Tensor:
@@ -128,7 +130,8 @@ def apply_top_k_top_p_min_p(logits: torch.Tensor, states: Sequence[SamplingState
         ps = [s.params.top_p if s.params.top_p < 1.0 else 2.0 for s in states]
         sorted_logits, sorted_idx = out.sort(dim=-1, descending=True)  # [R, V] each
         if any(k < vocab for k in ks):
-            k_t = torch.tensor([min(k, vocab) - 1 for k in ks], dtype=torch.int64).to(device, non_blocking=True)
+            k_t = torch.tensor([min(k, vocab) - 1 for k in ks], dtype=torch.int64)
+            k_t = k_t.to(device, non_blocking=True)
             kth = sorted_logits.gather(1, k_t[:, None])  # [R, 1]
             sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, _NEG_INF)
         if any(p <= 1.0 for p in ps):

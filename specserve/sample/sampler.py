@@ -71,7 +71,8 @@ def sample_from_probs(probs: torch.Tensor, states: Sequence[SamplingState]) -> t
     else:
         if unseeded:
             idx = torch.tensor(unseeded, dtype=torch.int64).to(probs.device, non_blocking=True)
-            noise.index_copy_(0, idx, torch.empty(len(unseeded), probs.shape[1], device=probs.device).exponential_())
+            shared = torch.empty(len(unseeded), probs.shape[1], device=probs.device).exponential_()
+            noise.index_copy_(0, idx, shared)
         for i, s in enumerate(states):
             if s.generator is not None:
                 noise[i].exponential_(generator=s.generator)

@@ -5,8 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from specserve.core.outputs import RequestStepResult, SchedulerOutput
+from specserve.core.outputs import RequestStepResult, ScheduledRequest, SchedulerOutput
+from specserve.request import Request
 from specserve.sample.sampler import Sampler, SamplingState
+from specserve.spec.decoder import SpecDecoder
+from specserve.spec.draft_tree import DraftTree
+from specserve.spec.proposer import ProposalRequest
+from specserve.spec.rejection_sampler import VerifyInput
 from specserve.worker.input_batch import InputBatch, build_input_batch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -37,8 +42,14 @@ class ModelRunner:
                            torch.zeros(shape, dtype=dtype, device=device)) for _ in range(num_layers)]
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
-        # Hidden states of the last forward for rows that were sampled (speculators read them).
-        self.last_hidden: dict[str, torch.Tensor] = {}
+        self.spec: SpecDecoder | None = None
+        self.max_spec_depth = 0
+        self.max_spec_candidates = 1
+
+    def attach_speculator(self, spec: SpecDecoder, max_depth: int, max_candidates: int) -> None:
+        self.spec = spec
+        self.max_spec_depth = max_depth
+        self.max_spec_candidates = max_candidates
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         if not copies:
@@ -68,32 +79,101 @@ class ModelRunner:
         hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)
         return batch, hidden
 
+    def _state(self, request: Request) -> SamplingState:
+        return SamplingState(
+            params=request.params,
+            prompt_token_ids=request.prompt_token_ids,
+            output_token_ids=request.output_token_ids,
+            generator=self._generator(request.request_id, request.params.seed),
+        )
+
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> dict[str, RequestStepResult]:
-        """Run one step without speculation: sample one token for every request that reached its end."""
+        """Run one step: sample (or verify drafts) for every request that reached its end, then
+        propose the next drafts when a speculator is attached."""
+        if self.spec is not None:
+            for request_id in out.finished_request_ids:
+                self.spec.release(request_id)
         batch, hidden = self.forward(out)
-        rows: list[int] = []
-        states: list[SamplingState] = []
-        ids: list[str] = []
-        for i, item in enumerate(out.scheduled):
-            if not item.needs_sample:
-                continue
-            request = item.request
-            rows.append(batch.last_rows[i])
-            ids.append(request.request_id)
-            states.append(SamplingState(
-                params=request.params,
-                prompt_token_ids=request.prompt_token_ids,
-                output_token_ids=request.output_token_ids,
-                generator=self._generator(request.request_id, request.params.seed),
-            ))
-        if not rows:
+        items = [(i, item) for i, item in enumerate(out.scheduled) if item.needs_sample]
+        if not items:
             return {}
-        row_index = torch.tensor(rows, device=self.device)
-        logits = self.model.compute_logits(hidden[row_index])
-        sampled = self.sampler.sample(logits, states, self.eos_token_ids)
         results: dict[str, RequestStepResult] = {}
-        for j, request_id in enumerate(ids):
-            logprobs = [sampled.logprobs[j]] if sampled.logprobs[j] is not None else []
-            results[request_id] = RequestStepResult(request_id, [sampled.token_ids[j]], logprobs)
+        if any(item.spec_token_ids for _, item in items):
+            last_rows = self._verify(batch, hidden, items, results)
+        else:
+            last_rows = self._sample(batch, hidden, items, results)
+        if self.spec is not None:
+            self._propose(out, hidden, items, last_rows, results)
         return results
+
+    def _sample(self, batch: InputBatch, hidden: torch.Tensor, items: list[tuple[int, ScheduledRequest]],
+                results: dict[str, RequestStepResult]) -> list[int]:
+        rows = [batch.last_rows[i] for i, _ in items]
+        logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+        sampled = self.sampler.sample(logits, [self._state(item.request) for _, item in items],
+                                      self.eos_token_ids)
+        for j, (_, item) in enumerate(items):
+            logprobs = [sampled.logprobs[j]] if sampled.logprobs[j] is not None else []
+            results[item.request_id] = RequestStepResult(item.request_id, [sampled.token_ids[j]], logprobs)
+        return rows
+
+    def _verify(self, batch: InputBatch, hidden: torch.Tensor, items: list[tuple[int, ScheduledRequest]],
+                results: dict[str, RequestStepResult]) -> list[int]:
+        assert self.spec is not None
+        rows: list[int] = []
+        inputs: list[VerifyInput] = []
+        for i, item in items:
+            inputs.append(VerifyInput(DraftTree(item.spec_token_ids, item.spec_parents),
+                                      self._state(item.request), len(rows)))
+            rows.append(batch.last_rows[i])
+            rows.extend(batch.draft_rows[i])
+        logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+        verified = self.spec.verify(logits, [item.request_id for _, item in items], inputs, self.eos_token_ids)
+        moves_src: list[int] = []
+        moves_dst: list[int] = []
+        for (_, item), result in zip(items, verified):
+            first_draft = item.num_computed_tokens + item.num_new_tokens
+            for k, node in enumerate(result.accepted_nodes):
+                if node != k:  # a tree path: move its KV to the front of the draft slots
+                    moves_src.append(self._slot(item.block_ids, first_draft + node))
+                    moves_dst.append(self._slot(item.block_ids, first_draft + k))
+            results[item.request_id] = RequestStepResult(
+                item.request_id, result.token_ids, list(result.logprobs),
+                num_draft_tokens=len(item.spec_token_ids), num_accepted_draft_tokens=len(result.accepted_nodes))
+        self._move_slots(moves_src, moves_dst)
+        return [rows[result.last_row] for result in verified]
+
+    def _slot(self, block_ids: list[int], index: int) -> int:
+        return block_ids[index // self.block_size] * self.block_size + index % self.block_size
+
+    def _move_slots(self, src: list[int], dst: list[int]) -> None:
+        if not src:
+            return
+        src_t = torch.tensor(src, device=self.device)
+        dst_t = torch.tensor(dst, device=self.device)
+        for k_cache, v_cache in self.kv_caches:
+            for cache in (k_cache, v_cache):
+                flat = cache.view(-1, cache.shape[2], cache.shape[3])
+                flat.index_copy_(0, dst_t, flat.index_select(0, src_t))  # gather first: no overlap hazard
+
+    def _propose(self, out: SchedulerOutput, hidden: torch.Tensor, items: list[tuple[int, ScheduledRequest]],
+                 last_rows: list[int], results: dict[str, RequestStepResult]) -> None:
+        assert self.spec is not None
+        requests: list[ProposalRequest] = []
+        for _, item in items:
+            request = item.request
+            emitted = results[item.request_id].token_ids
+            remaining = request.max_output_tokens - request.num_output_tokens - len(emitted)
+            requests.append(ProposalRequest(
+                request_id=item.request_id, token_ids=request.token_ids + emitted,
+                num_prompt_tokens=request.num_prompt_tokens,
+                max_depth=max(0, min(self.max_spec_depth, remaining - 1)),
+                num_candidates=self.max_spec_candidates))
+        num_other = out.num_batched_tokens - sum(item.num_scheduled_tokens for _, item in items)
+        need_hidden = self.spec.proposer.needs_hidden
+        rows_hidden = hidden[torch.tensor(last_rows, device=self.device)] if need_hidden else None
+        for (_, item), tree in zip(items, self.spec.propose(requests, rows_hidden, num_other)):
+            result = results[item.request_id]
+            result.next_spec_token_ids = tree.token_ids
+            result.next_spec_parents = tree.parents

@@ -1,0 +1,109 @@
+"""Speculation inside the model runner: verify last step's drafts, propose next step's.
+
+The runner calls ``verify`` with the logits of every sampled request's real-token row and draft rows,
+then ``propose`` with the hidden state of the row that produced each request's last token. The KV of
+rejected drafts needs no cleanup: those slots lie past ``num_computed_tokens`` and are overwritten or
+released (the scheduler truncates the block table). Accepted nodes of a tree that are not already at
+the front of the draft slots are moved there by the runner, so the cache holds exactly the accepted
+path afterwards.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from specserve.spec.draft_tree import DraftTree
+from specserve.spec.policy import Level, SpeculationPolicy
+from specserve.spec.proposer import ProposalRequest, Proposer
+from specserve.spec.rejection_sampler import VerifyInput, VerifyResult, verify
+
+
+@dataclass
+class SpecStats:
+    """Engine-wide speculation counters (steps with at least one draft token)."""
+
+    num_steps: int = 0
+    num_proposed_tokens: int = 0
+    num_accepted_tokens: int = 0
+    num_emitted_tokens: int = 0
+    proposed_at_depth: Counter[int] = field(default_factory=Counter)
+    accepted_at_depth: Counter[int] = field(default_factory=Counter)
+    accepted_length_histogram: Counter[int] = field(default_factory=Counter)
+
+    def record(self, tree: DraftTree, result: VerifyResult) -> None:
+        self.num_steps += 1
+        self.num_proposed_tokens += len(tree)
+        self.num_accepted_tokens += len(result.accepted_nodes)
+        self.num_emitted_tokens += len(result.token_ids)
+        max_depth = _max_depth(tree)
+        for depth in range(1, max_depth + 1):
+            self.proposed_at_depth[depth] += 1
+        for depth in range(1, len(result.accepted_nodes) + 1):
+            self.accepted_at_depth[depth] += 1
+        self.accepted_length_histogram[len(result.accepted_nodes)] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        depths = sorted(self.proposed_at_depth)
+        return {
+            "spec_steps": self.num_steps,
+            "spec_proposed_tokens": self.num_proposed_tokens,
+            "spec_accepted_tokens": self.num_accepted_tokens,
+            "spec_emitted_tokens": self.num_emitted_tokens,
+            "mean_accepted_tokens_per_step": (self.num_emitted_tokens / self.num_steps) if self.num_steps else None,
+            # Stage d: of the steps that proposed a token at depth d, how many accepted one there.
+            "spec_acceptance_per_stage": [self.accepted_at_depth[d] / self.proposed_at_depth[d] for d in depths],
+            "spec_accepted_length_histogram": dict(sorted(self.accepted_length_histogram.items())),
+        }
+
+
+def _max_depth(tree: DraftTree) -> int:
+    depth: list[int] = []
+    for parent in tree.parents:
+        depth.append(1 if parent < 0 else depth[parent] + 1)
+    return max(depth, default=0)
+
+
+class SpecDecoder:
+    def __init__(self, proposer: Proposer, policy: SpeculationPolicy) -> None:
+        self.proposer = proposer
+        self.policy = policy
+        self.stats = SpecStats()
+        self.levels: dict[str, Level] = {}  # the level each request's pending drafts were made at
+
+    def verify(self, logits: torch.Tensor, request_ids: list[str], inputs: list[VerifyInput],
+               eos_token_ids: list[int]) -> list[VerifyResult]:
+        results = verify(logits, inputs, eos_token_ids)
+        for rid, item, result in zip(request_ids, inputs, results):
+            if len(item.tree):
+                self.stats.record(item.tree, result)
+                level = self.levels.get(rid)
+                if level is not None:
+                    self.policy.observe_request(rid, level, len(result.token_ids), len(item.tree))
+        return results
+
+    def propose(self, requests: list[ProposalRequest], hidden: torch.Tensor | None,
+                num_other_tokens: int) -> list[DraftTree]:
+        levels = self.policy.choose([r.request_id for r in requests], num_other_tokens)
+        active = []
+        for req, level in zip(requests, levels):
+            req.max_depth = min(req.max_depth, level.depth)
+            req.num_candidates = level.candidates
+            self.levels[req.request_id] = level
+            if req.max_depth > 0:
+                active.append(req)
+        trees = {r.request_id: DraftTree() for r in requests}
+        if active:
+            index = [i for i, r in enumerate(requests) if r.max_depth > 0]
+            sub_hidden = hidden[torch.tensor(index, device=hidden.device)] if hidden is not None else None
+            for req, tree in zip(active, self.proposer.propose(active, sub_hidden)):
+                trees[req.request_id] = tree
+        return [trees[r.request_id] for r in requests]
+
+    def release(self, request_id: str) -> None:
+        self.levels.pop(request_id, None)
+        self.policy.release(request_id)
+        self.proposer.release(request_id)

@@ -1,0 +1,44 @@
+"""Proposer for speculators that read the base model's hidden state (MLP speculator, Medusa)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from specserve.spec.draft_tree import DraftTree
+from specserve.spec.proposer import ProposalRequest
+
+
+class HeadProposer:
+    needs_hidden = True
+
+    def __init__(self, name: str, model: nn.Module, top_k: list[int], num_candidates: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        self.name = name
+        self.model = model.to(device=device, dtype=dtype).eval()
+        if model.vocab_map is not None:
+            model.vocab_map = model.vocab_map.to(device)
+        self.n_predict: int = model.n_predict if hasattr(model, "n_predict") else model.config.n_predict
+        self.top_k = list(top_k)[:self.n_predict] + [1] * max(0, self.n_predict - len(top_k))
+        self.num_candidates = num_candidates
+        self.dtype = dtype
+
+    def propose(self, requests: list[ProposalRequest], hidden: torch.Tensor | None) -> list[DraftTree]:
+        assert hidden is not None
+        depth = min(self.n_predict, max((r.max_depth for r in requests), default=0))
+        if depth <= 0:
+            return [DraftTree() for _ in requests]
+        num_paths = max(r.num_candidates for r in requests)
+        # A single chain needs only each stage's best token; trees widen by the configured top-k.
+        top_k = [1] * depth if num_paths == 1 else self.top_k[:depth]
+        last = torch.tensor([r.token_ids[-1] for r in requests], device=hidden.device)
+        paths, _ = self.model.propose_paths(hidden.to(self.dtype), last, top_k, num_paths)
+        rows = paths.tolist()
+        trees = []
+        for req, candidates in zip(requests, rows):
+            chosen = [p[:req.max_depth] for p in candidates[:req.num_candidates]] if req.max_depth > 0 else []
+            trees.append(DraftTree.from_paths(chosen))
+        return trees
+
+    def release(self, request_id: str) -> None:
+        pass

@@ -1,0 +1,162 @@
+"""IBM's MLP speculator (the accelerator format of fms-extras / Hugging Face `ibm-fms/*-accelerator`).
+
+Stage i turns a state and the previous token into the next state and a guess for one more token:
+
+    state <- gelu(ln[i](state_weight * proj[i](state) + emb_scale * emb[i](token)))
+    logits_i = head[i](state)
+
+with state_weight = 0.5 ** (0.5 / n_predict), emb_scale = sqrt(1 - state_weight**2) * sqrt(inner_dim / 2).
+(The published form `ln(proj(s) + emb_weight / state_weight * emb(t))` is the same up to the norm's
+scale invariance.) ``ln`` is an RMS norm with a learned weight and bias (no mean-centring). The first
+state is the base model's last hidden state (after its final norm), RMS-normalised without weights and
+divided by sqrt(2) when ``scale_input``. Stage 0 reads the token the base model just produced, so from
+the hidden state at position t and token t+1 the stages guess tokens t+2 ... t+1+n_predict.
+
+``vocab_map`` (optional, ours): heads restricted to a subset of the vocabulary (the most frequent
+output tokens); head row r stands for token ``vocab_map[r]``. Embeddings always cover the full vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MLPSpeculatorConfig:
+    emb_dim: int
+    vocab_size: int
+    n_predict: int = 3
+    inner_dim: int = 0  # 0 = emb_dim
+    tie_weights: bool = False
+    scale_input: bool = False
+    top_k_tokens_per_head: tuple[int, ...] = (4, 3, 2)
+    n_candidates: int = 5
+    head_vocab_size: int = 0  # 0 = full vocab; else heads predict over vocab_map only
+
+    def __post_init__(self) -> None:
+        if self.n_predict < 1:
+            raise ValueError("n_predict must be >= 1")
+        if self.tie_weights and self.n_predict < 2:
+            raise ValueError("tie_weights needs n_predict >= 2")
+
+    @property
+    def inner(self) -> int:
+        return self.inner_dim or self.emb_dim
+
+
+class SpeculatorNorm(nn.Module):
+    """RMS norm with optional learned weight and bias (fms' LayerNormParameterized, use_mean=False)."""
+
+    def __init__(self, dim: int, affine: bool = True, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        if self.weight is not None:
+            y = y * self.weight + self.bias
+        return y
+
+
+class MLPSpeculator(nn.Module):
+    def __init__(self, config: MLPSpeculatorConfig) -> None:
+        super().__init__()
+        self.config = config
+        n, inner, vocab = config.n_predict, config.inner, config.vocab_size
+        head_vocab = config.head_vocab_size or vocab
+        self.emb = nn.ModuleList([nn.Embedding(vocab, inner) for _ in range(n)])
+        self.proj = nn.ModuleList([nn.Linear(config.emb_dim if i == 0 else inner, inner, bias=False)
+                                   for i in range(n)])
+        self.head = nn.ModuleList([nn.Linear(inner, head_vocab, bias=False) for _ in range(n)])
+        self.ln = nn.ModuleList([SpeculatorNorm(inner) for _ in range(n)])
+        self.ln0 = SpeculatorNorm(config.emb_dim, affine=False) if config.scale_input else None
+        self.state_weight = 0.5 ** (0.5 / n)
+        self.emb_scale = math.sqrt(1 - self.state_weight**2) * math.sqrt(inner / 2)
+        self.register_buffer("vocab_map", torch.arange(head_vocab) if config.head_vocab_size else None,
+                             persistent=False)
+        if config.tie_weights:
+            self.tie()
+
+    def tie(self) -> None:
+        """Share emb, head and ln across stages, and proj[2:] with proj[1] (IBM's tie_weights)."""
+        for i in range(1, self.config.n_predict):
+            self.emb[i].weight = self.emb[0].weight
+            self.head[i].weight = self.head[0].weight
+            self.ln[i].weight = self.ln[0].weight
+            self.ln[i].bias = self.ln[0].bias
+            if i >= 2:
+                self.proj[i].weight = self.proj[1].weight
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        std = 1 / math.sqrt(self.config.inner)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                with torch.no_grad():
+                    module.weight.normal_(0, std, generator=generator).clamp_(-2 * std, 2 * std)
+            elif isinstance(module, SpeculatorNorm) and module.weight is not None:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def input_state(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.ln0 is not None:
+            hidden = self.ln0(hidden) / math.sqrt(2)
+        return hidden
+
+    def step(self, i: int, state: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One stage: (state [..., d], token ids [...]) -> (new state [..., inner], logits [..., head_vocab])."""
+        z = self.emb[i](token_ids) * self.emb_scale
+        state = F.gelu(self.ln[i](self.proj[i](state) * self.state_weight + z))
+        return state, self.head[i](state)
+
+    def head_to_vocab(self, head_ids: torch.Tensor) -> torch.Tensor:
+        return head_ids if self.vocab_map is None else self.vocab_map[head_ids]
+
+    def forward(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced training pass.
+
+        hidden [b, n, emb_dim]: base hidden states at positions 0..n-1; token_ids [b, n + n_predict]:
+        token_ids[:, t] is the token that follows position t (stage i reads token_ids[:, t + i]).
+        Returns logits [n_predict, b, n, head_vocab]; stage i predicts token_ids[:, t + i + 1].
+        """
+        state = self.input_state(hidden)
+        num = hidden.shape[1]
+        out = []
+        for i in range(self.config.n_predict):
+            state, logits = self.step(i, state, token_ids[:, i:i + num])
+            out.append(logits)
+        return torch.stack(out, dim=0)
+
+    @torch.inference_mode()
+    def propose_paths(self, hidden: torch.Tensor, token_ids: torch.Tensor, top_k: list[int],
+                      num_paths: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best-scoring paths of the top-k tree (IBM's generate_suffixes).
+
+        hidden [b, emb_dim], token_ids [b] (the token just sampled). Returns token paths
+        [b, num_paths, len(top_k)] and their summed log-probabilities [b, num_paths], best first.
+        ``len(top_k)`` may be shorter than n_predict (fewer stages = shorter drafts).
+        """
+        b = hidden.shape[0]
+        state = self.input_state(hidden).unsqueeze(1)  # [b, 1, d]
+        tokens = token_ids.view(b, 1)
+        paths = torch.empty(b, 1, 0, dtype=torch.long, device=hidden.device)
+        scores = torch.zeros(b, 1, device=hidden.device)
+        for i, k in enumerate(top_k):
+            state, logits = self.step(i, state, tokens)  # [b, m, inner], [b, m, V]
+            logp, top = F.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)  # [b, m, k]
+            top = self.head_to_vocab(top)
+            m = paths.shape[1]
+            paths = torch.cat([paths.unsqueeze(2).expand(b, m, k, i), top.unsqueeze(3)], dim=3).reshape(b, m * k, i + 1)
+            scores = (scores.unsqueeze(2) + logp).reshape(b, m * k)
+            state = state.unsqueeze(2).expand(b, m, k, state.shape[-1]).reshape(b, m * k, -1)
+            tokens = top.reshape(b, m * k)
+        num_paths = min(num_paths, paths.shape[1])
+        best_scores, best = scores.topk(num_paths, dim=1)
+        return paths.gather(1, best.unsqueeze(2).expand(b, num_paths, paths.shape[2])), best_scores

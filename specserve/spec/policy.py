@@ -1,0 +1,159 @@
+"""Adaptive speculation: how many draft tokens and candidates each request gets next step.
+
+The choice maximises expected goodput, emitted tokens per second of step time:
+
+    sum_i E[emitted_i(level_i)] / T(num_batched_tokens)
+
+- ``T(n)`` is learned from the step times the engine observes (an EMA per bucket of batch token
+  counts, interpolated; beyond the largest bucket seen it grows proportionally to n, a deliberately
+  pessimistic guess so that an unmeasured large batch is not assumed free).
+- ``E[emitted]`` for a level (depth d, c candidates) is measured: an EMA of tokens emitted per step
+  (bonus included) at that level, globally and per request. Unmeasured levels start from an optimistic
+  prior so they are tried; a little exploration (one step in ``explore_every``) keeps estimates fresh.
+
+Because both terms are measurements, a saturated machine (T grows linearly in n) makes extra draft
+tokens unprofitable and the policy falls back to no speculation smoothly, with no batch-size threshold.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Level:
+    depth: int
+    candidates: int
+
+    @property
+    def label(self) -> str:
+        return f"d{self.depth}c{self.candidates}"
+
+
+class StepCostModel:
+    """Step seconds as a function of batched tokens, from observations."""
+
+    def __init__(self, decay: float = 0.8) -> None:
+        self.decay = decay
+        self.buckets: dict[int, float] = {}  # bucket lower edge -> EMA seconds
+
+    @staticmethod
+    def bucket(num_tokens: int) -> int:
+        return 1 if num_tokens <= 1 else int(1.25 ** math.floor(math.log(num_tokens, 1.25)))
+
+    def observe(self, num_tokens: int, seconds: float) -> None:
+        key = self.bucket(num_tokens)
+        old = self.buckets.get(key)
+        self.buckets[key] = seconds if old is None else self.decay * old + (1 - self.decay) * seconds
+
+    def predict(self, num_tokens: int) -> float | None:
+        if not self.buckets:
+            return None
+        keys = sorted(self.buckets)
+        n = max(num_tokens, 1)
+        pos = bisect.bisect_left(keys, n)
+        if pos < len(keys) and keys[pos] == n:
+            return self.buckets[n]
+        if pos == 0:
+            return self.buckets[keys[0]]  # fewer tokens than ever seen: at most as costly
+        if pos == len(keys):
+            last = keys[-1]
+            return self.buckets[last] * n / last  # beyond what was seen: assume linear growth
+        lo, hi = keys[pos - 1], keys[pos]
+        frac = (n - lo) / (hi - lo)
+        return self.buckets[lo] + frac * (self.buckets[hi] - self.buckets[lo])
+
+
+@dataclass
+class AcceptanceStats:
+    """EMA of emitted tokens per step at each level, and the draft size that level produced."""
+
+    emitted: dict[Level, float] = field(default_factory=dict)
+    nodes: dict[Level, float] = field(default_factory=dict)
+    decay: float = 0.95
+
+    def observe(self, level: Level, emitted: int, num_nodes: int) -> None:
+        for table, value in ((self.emitted, float(emitted)), (self.nodes, float(num_nodes))):
+            old = table.get(level)
+            table[level] = value if old is None else self.decay * old + (1 - self.decay) * value
+
+
+class SpeculationPolicy:
+    def __init__(self, mode: str, max_depth: int, max_candidates: int, explore_every: int = 16) -> None:
+        if mode not in ("auto", "on", "off"):
+            raise ValueError(f"speculation must be auto, on or off, got {mode!r}")
+        self.mode = mode
+        self.max_depth = max_depth
+        self.max_candidates = max_candidates
+        self.explore_every = explore_every
+        self.levels = [Level(0, 1)] + [Level(d, 1) for d in range(1, max_depth + 1)]
+        self.levels += [Level(max_depth, c) for c in range(2, max_candidates + 1)]
+        self.cost = StepCostModel()
+        self.global_stats = AcceptanceStats()
+        self.request_stats: dict[str, AcceptanceStats] = {}
+        self._step = 0
+        self.last_level: Level = self.levels[-1]
+
+    # ---- observations ------------------------------------------------------------------------
+    def observe_step(self, num_tokens: int, seconds: float) -> None:
+        self.cost.observe(num_tokens, seconds)
+
+    def observe_request(self, request_id: str, level: Level, emitted: int, num_nodes: int) -> None:
+        self.global_stats.observe(level, emitted, num_nodes)
+        self.request_stats.setdefault(request_id, AcceptanceStats(decay=0.8)).observe(level, emitted, num_nodes)
+
+    def release(self, request_id: str) -> None:
+        self.request_stats.pop(request_id, None)
+
+    # ---- decisions ---------------------------------------------------------------------------
+    def expected(self, level: Level, request_id: str | None) -> tuple[float, float]:
+        """(expected emitted tokens, expected draft nodes) at a level for one request."""
+        if level.depth == 0:
+            return 1.0, 0.0
+        stats = self.request_stats.get(request_id) if request_id else None
+        for source in (stats, self.global_stats):
+            if source is not None and level in source.emitted:
+                return source.emitted[level], source.nodes[level]
+        # Optimistic prior for an untried level: every draft accepted along one path.
+        return 1.0 + level.depth, float(level.depth * level.candidates)
+
+    def choose(self, request_ids: list[str], num_other_tokens: int = 0) -> list[Level]:
+        """One level per request for the next step."""
+        if self.mode == "off" or not request_ids:
+            return [self.levels[0]] * len(request_ids)
+        if self.mode == "on":
+            return [self.levels[-1]] * len(request_ids)
+        self._step += 1
+        best_level, best_rate = self.levels[0], -1.0
+        for level in self.levels:
+            rate = self._goodput(level, request_ids, num_other_tokens)
+            if rate is None:  # no cost data yet: speculate fully to learn
+                best_level = self.levels[-1]
+                break
+            if rate > best_rate:
+                best_level, best_rate = level, rate
+        if self._step % self.explore_every == 0:
+            index = self.levels.index(best_level)
+            neighbour = index + 1 if (self._step // self.explore_every) % 2 else index - 1
+            best_level = self.levels[min(max(neighbour, 0), len(self.levels) - 1)]
+        self.last_level = best_level
+        # Requests whose own acceptance is poor at this level drop to no speculation.
+        chosen = []
+        for rid in request_ids:
+            emitted, nodes = self.expected(best_level, rid)
+            gain_per_node = (emitted - 1.0) / nodes if nodes else 0.0
+            chosen.append(best_level if best_level.depth == 0 or gain_per_node > 0.05 else self.levels[0])
+        return chosen
+
+    def _goodput(self, level: Level, request_ids: list[str], num_other_tokens: int) -> float | None:
+        emitted_total, tokens = 0.0, num_other_tokens
+        for rid in request_ids:
+            emitted, nodes = self.expected(level, rid)
+            emitted_total += emitted
+            tokens += 1 + int(round(nodes))
+        seconds = self.cost.predict(tokens)
+        if seconds is None:
+            return None
+        return emitted_total / max(seconds, 1e-9)

@@ -1,0 +1,35 @@
+"""The one interface every speculator implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from specserve.spec.draft_tree import DraftTree
+
+
+@dataclass(slots=True)
+class ProposalRequest:
+    """What a proposer may look at for one request."""
+
+    request_id: str
+    token_ids: list[int]  # prompt + output, the just-sampled token last
+    num_prompt_tokens: int
+    max_depth: int  # at most this many tokens along any path
+    num_candidates: int  # at most this many root-to-leaf paths
+
+
+class Proposer(Protocol):
+    name: str
+    # True when propose() reads the base model's hidden state of the row that produced the last token.
+    needs_hidden: bool
+
+    def propose(self, requests: list[ProposalRequest], hidden: torch.Tensor | None) -> list[DraftTree]:
+        """One draft tree per request (possibly empty); hidden is [len(requests), hidden_size]."""
+        ...
+
+    def release(self, request_id: str) -> None:
+        """Forget per-request state (called when a request finishes or is preempted)."""
+        ...
