@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/specserve chat
+	$(VENV)/bin/specserve serve
 
 chat: setup
 	$(VENV)/bin/specserve chat

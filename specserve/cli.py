@@ -110,6 +110,17 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         help="seconds running requests may take to finish after SIGTERM")
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    result = args.bench_module.run(args)
+    result.print_table()
+    result.write_json(args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specserve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -57,7 +57,7 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, default_bundle) -> 
     out = tmp_path_factory.mktemp("tiny-llama")
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=default_bundle.arch.vocab_size,
-                         max_position_embeddings=1024, tie_word_embeddings=True,
+                         max_position_embeddings=1024, tie_word_embeddings=False,
                          eos_token_id=default_bundle.eos_token_ids[0], bos_token_id=1)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)

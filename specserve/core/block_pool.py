@@ -101,7 +101,9 @@ class BlockPool:
         for block_id, count in Counter(block_ids).items():
             self._check_id(block_id)
             if self._ref_cnts[block_id] < count:
-                raise ValueError(f"block {block_id} has ref_cnt {self._ref_cnts[block_id]}, cannot drop {count}")
+                raise ValueError(
+                    f"block {block_id} has ref_cnt {self._ref_cnts[block_id]}, cannot drop {count}"
+                )
         for block_id in block_ids:
             self._ref_cnts[block_id] -= 1
             if self._ref_cnts[block_id] == 0:
@@ -175,4 +177,6 @@ class BlockPool:
             if self._cached.get(block_hash) != block_id:
                 raise IntegrityError(f"block {block_id} has a hash that the cache map does not name it by")
         if num_hashed != len(self._cached):
-            raise IntegrityError(f"cache map has {len(self._cached)} entries, blocks hold {num_hashed} hashes")
+            raise IntegrityError(
+                f"cache map has {len(self._cached)} entries, blocks hold {num_hashed} hashes"
+            )

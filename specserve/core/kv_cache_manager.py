@@ -166,7 +166,9 @@ class KVCacheManager:
         hit_block_ids = list(new_computed_blocks)
         if hit_block_ids:
             if block_ids:
-                raise ValueError(f"{request_id!r} already holds blocks; cache hits are for its first allocation")
+                raise ValueError(
+                    f"{request_id!r} already holds blocks; cache hits are for its first allocation"
+                )
             if len(hit_block_ids) * block_size > num_computed_tokens:
                 raise ValueError("num_computed_tokens must count the tokens of new_computed_blocks")
             for block_id in hit_block_ids:

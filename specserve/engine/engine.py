@@ -222,19 +222,19 @@ class LLMEngine:
         request = seq.request
         stops = request.params.stop or []
         delta_ids = new_tokens
-        if new_tokens:
-            before = len(seq.text)
+        if new_tokens and stops and seq.finish_reason is None:
+            # Token by token, so that nothing after the stop string's token is emitted (several
+            # tokens arrive at once under speculation).
+            for count, token_id in enumerate(new_tokens, start=1):
+                before = len(seq.text)
+                seq.detokenizer.push([token_id])
+                hit = find_stop(seq.text, len(seq.text) - before, stops)
+                if hit is not None:
+                    self._stop_at(seq, hit, num_dropped=len(new_tokens) - count)
+                    delta_ids = new_tokens[:count]
+                    break
+        elif new_tokens:
             seq.detokenizer.push(new_tokens)
-            text = seq.text
-            hit = find_stop(text, len(text) - before, stops) if stops else None
-            if hit is not None and seq.finish_reason is None:
-                cut, stop = hit
-                keep = cut + (len(stop) if request.params.include_stop_str_in_output else 0)
-                seq.text_limit = keep
-                seq.stop_reason = stop
-                if request.status == RequestStatus.RUNNING or request.status == RequestStatus.WAITING:
-                    self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED)
-                request.status = RequestStatus.FINISHED_STOPPED
         if seq.finish_reason is None and request.status.finished:
             seq.finish_reason = request.status.value
             if seq.stop_reason is None:
@@ -254,6 +254,20 @@ class LLMEngine:
             index=seq.index, text=text[:visible], token_ids=output_ids, cumulative_logprob=cumulative,
             logprobs=logprobs, finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
             delta_text=delta_text, delta_token_ids=list(delta_ids))
+
+    def _stop_at(self, seq: _Sequence, hit: tuple[int, str], num_dropped: int) -> None:
+        """A stop string matched: cut the text, drop later tokens, end the request."""
+        request = seq.request
+        cut, stop = hit
+        seq.text_limit = cut + (len(stop) if request.params.include_stop_str_in_output else 0)
+        seq.stop_reason = stop
+        if not request.status.finished:
+            self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED)
+        request.status = RequestStatus.FINISHED_STOPPED
+        if num_dropped:
+            del request.token_ids[-num_dropped:]
+            del seq.logprobs[request.num_output_tokens:]
+            self.num_generated_tokens -= num_dropped
 
     def _metrics(self, group: _Group) -> dict[str, Any]:
         first = group.sequences[0].request

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from specserve.model.arch_config import ModelArchConfig
 from specserve.model.registry import MODEL_TYPE_TO_ARCH
 
 # GGUF architectures we can import, and whether llama.cpp permuted their q/k rows.
@@ -80,6 +81,10 @@ def write_hf_folder(gguf_path: Path, out_dir: Path) -> None:
         raise GGUFImportError(f"GGUF architecture {arch!r} is not supported "
                               f"(supported: {', '.join(sorted(_SUPPORTED_ARCHS))})")
     config = _write_config(reader, arch, out_dir)
+    try:  # fail now rather than cache an import that can never load
+        ModelArchConfig.from_hf_config(config)
+    except ValueError as e:
+        raise GGUFImportError(f"unusable model config ({e})") from e
     _write_tokenizer(gguf_path, reader, out_dir)
     permuted = _SUPPORTED_ARCHS[arch]
     _write_weights(reader, out_dir, config if permuted else None)
@@ -151,7 +156,10 @@ def _write_tokenizer(gguf_path: Path, reader: Any, out_dir: Path) -> None:
 
     if "tokenizer.ggml.tokens" not in reader.fields:
         raise GGUFImportError("GGUF file has no tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except Exception as e:  # transformers' converter fails with assorted errors on vocabularies it lacks
+        raise GGUFImportError(f"cannot convert the GGUF tokenizer ({type(e).__name__}: {e})") from e
     tokenizer.save_pretrained(str(out_dir))
     # Keep one source of truth for the chat template and the BOS/EOS flags: tokenizer_config.json.
     config_path = out_dir / "tokenizer_config.json"

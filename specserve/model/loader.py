@@ -33,7 +33,11 @@ class ModelLoadError(Exception):
 
     def __init__(self, path: Path | str, problem: str) -> None:
         self.path = str(path)
-        super().__init__(" ".join(f"{path}: {problem}".split()))  # one line, whatever the cause said
+        self.problem = " ".join(problem.split())  # one line, whatever the cause said
+        super().__init__(f"{self.path}: {self.problem}")
+
+    def __reduce__(self) -> tuple[type[ModelLoadError], tuple[str, str]]:
+        return type(self), (self.path, self.problem)  # picklable across worker processes
 
 
 def specserve_home() -> Path:

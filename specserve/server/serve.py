@@ -66,10 +66,12 @@ class DrainingServer(uvicorn.Server):
             print(self.announce, flush=True)
 
 
-def model_name_for(model: str | None, model_dir: Path) -> str:
-    """The id clients put in "model": the file or folder name without .gguf."""
-    name = Path(model).name if model else model_dir.name
-    return name[:-5] if name.endswith(".gguf") else name
+def model_name_for(model: str | None) -> str:
+    """The id clients put in "model": the GGUF file's stem or the folder's name."""
+    from specserve.model.loader import default_model_gguf
+
+    path = Path(model) if model else default_model_gguf()
+    return path.stem if path.suffix.lower() == ".gguf" else path.name
 
 
 def run_server(engine_args: dict[str, Any], host: str = "127.0.0.1", port: int = 8000,
@@ -82,7 +84,7 @@ def run_server(engine_args: dict[str, Any], host: str = "127.0.0.1", port: int =
     engine = LLMEngine(build_engine_config(**engine_args))
     async_engine = AsyncLLMEngine(engine)
     model = engine_args.get("model")
-    name = served_model_name or model_name_for(model, engine.m.bundle.model_dir)
+    name = served_model_name or model_name_for(model)
     aliases = frozenset(x for x in (model, engine.m.bundle.model_dir.name) if x)
     state = ServerState(async_engine, name, max_num_seqs=engine.config.scheduler.max_num_seqs,
                         max_queue=max_queue, api_key=api_key, speculator=speculator, model_aliases=aliases)

@@ -175,7 +175,7 @@ def test_reset_prefix_cache() -> None:
 )
 def test_check_integrity_detects_corruption(corrupt: object, message: str) -> None:
     pool = BlockPool(4)
-    a, b = pool.allocate(2)
+    a, _ = pool.allocate(2)
     pool.cache_block(a, _h(1))
     pool.check_integrity()
     corrupt(pool)  # type: ignore[operator]

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,3 +102,56 @@ def save_tiny_hf_model(config_cls: type, out_dir: Path, seed: int = 0, **overrid
 @pytest.fixture(scope="session")
 def save_tiny() -> Callable[..., torch.nn.Module]:
     return save_tiny_hf_model
+
+
+def _llama_cpp_permute(w: np.ndarray, num_heads: int) -> np.ndarray:
+    # What llama.cpp's convert_hf_to_gguf does to q/k rows of llama models (pairs rope halves).
+    return w.reshape(num_heads, 2, w.shape[0] // num_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_tiny_gguf(hf_model: torch.nn.Module, path: Path, arch: str) -> None:
+    """Write an HF tiny model as a float32 GGUF the way llama.cpp would (names, q/k permutation for
+    llama, byte-level BPE vocabulary) so the import is tested independently of transformers' reader."""
+    import gguf
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    cfg = hf_model.config
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    # byte-level BPE over the 256 bytes; byte 0xFF (never in UTF-8) gives its slot to one merge
+    tokens = [bytes_to_unicode()[b] for b in range(255)] + ["he"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.NORMAL] * 256)
+    writer.add_token_merges(["h e"])
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+    writer.add_chat_template("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}")
+    model_arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}[arch]
+    names = gguf.get_tensor_name_map(model_arch, cfg.num_hidden_layers)
+    for hf_name, tensor in hf_model.state_dict().items():
+        if hf_name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        base, suffix = hf_name.rsplit(".", 1)
+        w = tensor.float().numpy()
+        if arch == "llama" and base.endswith("q_proj"):
+            w = _llama_cpp_permute(w, cfg.num_attention_heads)
+        elif arch == "llama" and base.endswith("k_proj"):
+            w = _llama_cpp_permute(w, cfg.num_key_value_heads)
+        writer.add_tensor(f"{names.get_name(base)}.{suffix}", np.ascontiguousarray(w))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf() -> Callable[[torch.nn.Module, Path, str], None]:
+    return write_tiny_gguf

@@ -228,3 +228,28 @@ def test_interrupted_import_leaves_nothing(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(KeyboardInterrupt):
         loader.import_gguf(default_model_gguf())
     assert list((tmp_path / "home" / "models").iterdir()) == []
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tiny_gguf_roundtrip(arch: str, tmp_path: Path, specserve_home: Path, save_tiny: Any, tiny_gguf: Any,
+                             paged_driver: type[Any]) -> None:
+    """A float32 GGUF written llama.cpp-style from a tiny HF model imports back to the same logits
+    (llama: q/k rows un-permuted; qwen2: not permuted, q/k/v biases kept)."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    config_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    hf = save_tiny(config_cls, tmp_path / "hf", tie_word_embeddings=arch == "qwen2")
+    gguf_path = tmp_path / f"tiny-{arch}.gguf"
+    tiny_gguf(hf, gguf_path, arch)
+    model_dir = resolve_model_dir(str(gguf_path))
+    model, model_arch = load_model(model_dir, torch.float32, CPU)
+    assert model_arch.architecture == hf.config.architectures[0]
+    assert model_arch.qkv_bias == (arch == "qwen2")
+    seq = list(range(3, 40, 2))
+    with torch.no_grad():
+        ref = hf(torch.tensor([seq])).logits[0]
+    logits = paged_driver(model).step([("a", seq)])["a"]
+    assert float((logits - ref).abs().max() / ref.abs().max()) <= 1e-4
+    tok = Tokenizer.from_dir(model_dir)
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}]) == "<user>hi"
+    assert tok.decode(tok.encode("héllo wörld")) == "héllo wörld"

@@ -6,9 +6,20 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
+import torch
 from server_harness import RunningServer, start_server
+
 from specserve.engine.model_setup import ModelBundle, load_bundle
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    # On a machine shared with other jobs, two intra-op threads that wait for each other made steps
+    # ~25x slower than one thread (measured on the 2-core dev box). Restored for other folders' tests.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

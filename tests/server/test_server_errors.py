@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from server_harness import MODEL_NAME, RunningServer, start_server
+
 from specserve.engine.model_setup import ModelBundle
 
 pytestmark = pytest.mark.slow

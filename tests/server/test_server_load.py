@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-
 from server_harness import MODEL_NAME, RunningServer, start_server
+
 from specserve.engine.llm import LLM
 from specserve.engine.model_setup import ModelBundle
 from specserve.sampling_params import SamplingParams

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-
 from server_harness import MODEL_NAME, RunningServer
 
 pytestmark = pytest.mark.slow
