@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run chat test lint clean
+.PHONY: setup browser run chat test clean
 
 setup: $(STAMP)
 
@@ -18,14 +18,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[server,dev]'
 	touch $(STAMP)
 
+# Debian's Chromium and its driver, for the chat page's browser test (root on CI and dev machines).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) || \
+	  echo "warning: could not install chromium; the browser test will be skipped"
+
 run: setup
 	$(VENV)/bin/specserve serve
 
 chat: setup
 	$(VENV)/bin/specserve chat
 
-test: setup
-	$(PY) -m pytest -x -p no:cacheprovider tests
+test: setup browser
+	$(PY) -m pytest -p no:cacheprovider --durations=15 tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

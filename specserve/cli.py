@@ -91,8 +91,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from specserve.server.serve import run_server
 
     set_threads(args.threads)
-    return run_server(engine_kwargs(args), host=args.host, port=args.port, api_key=args.api_key,
-                      max_queue=args.max_queue, speculator=args.speculator,
+    engine_args = engine_kwargs(args)
+    if args.speculator:
+        engine_args["speculator"] = args.speculator
+    return run_server(engine_args, host=args.host, port=args.port, api_key=args.api_key,
+                      max_queue=args.max_queue,
                       served_model_name=args.served_model_name, drain_timeout=args.drain_timeout)
 
 
@@ -104,7 +107,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=256,
                         help="waiting requests beyond which new ones get 429 (default 256)")
     parser.add_argument("--speculator", default=None,
-                        help="speculator checkpoint (stored; used once speculation lands)")
+                        help="ngram | default | PATH | mlp:PATH | medusa:PATH | draft:PATH (default: none)")
     parser.add_argument("--served-model-name", default=None, help="the id clients send as 'model'")
     parser.add_argument("--drain-timeout", type=float, default=30.0,
                         help="seconds running requests may take to finish after SIGTERM")
@@ -119,6 +122,69 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result.print_table()
     result.write_json(args.json)
     return 0
+
+
+def cmd_train_speculator(args: argparse.Namespace) -> int:
+    import torch
+
+    from specserve.train.trainer import TrainConfig, train
+
+    torch.set_num_threads(args.threads or 1)
+    config = TrainConfig(
+        out=args.out, model=args.model, arch=args.arch, n_predict=args.n_predict, inner_dim=args.inner_dim,
+        head_vocab_size=args.head_vocab, tie_weights=not args.no_tie, phase1_data=tuple(args.phase1_data or ()),
+        phase1_max_chars=args.phase1_max_chars, phase2_prompts=args.phase2_prompts or "",
+        phase2_num_prompts=args.phase2_num_prompts, max_new_tokens=args.max_new_tokens,
+        phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps, seqs_per_step=args.seqs_per_step,
+        lr=args.lr, seed=args.seed, resume=args.resume, only=args.only)
+    out = train(config)
+    print(f"speculator written to {out}")
+    return 0
+
+
+def cmd_eval_speculator(args: argparse.Namespace) -> int:
+    from specserve.train.eval import evaluate_speculator, print_report
+
+    report = evaluate_speculator(args)
+    print(json.dumps(report, indent=2) if args.json else print_report(report))
+    return 0
+
+
+def add_train_parsers(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train-speculator", help="train an MLP speculator or Medusa heads for a model")
+    train.add_argument("--model", default=None, help="base model (default: the embedded SmolLM2-135M-Instruct)")
+    train.add_argument("--out", required=True, help="output folder (checkpoints, cache, exported speculator)")
+    train.add_argument("--arch", default="mlp", choices=["mlp", "medusa"])
+    train.add_argument("--n-predict", type=int, default=3)
+    train.add_argument("--inner-dim", type=int, default=0, help="0 = the base hidden size (embedding borrowed)")
+    train.add_argument("--head-vocab", type=int, default=8192, help="heads over the N most frequent tokens; 0 = all")
+    train.add_argument("--no-tie", action="store_true", help="separate head/embedding/norm per stage")
+    train.add_argument("--phase1-data", nargs="*", help="text files, folders or .jsonl {\"text\"} (default: offline docs)")
+    train.add_argument("--phase1-max-chars", type=int, default=1_500_000)
+    train.add_argument("--phase2-prompts", default=None, help=".jsonl of {\"prompt\"} (default: shipped train split)")
+    train.add_argument("--phase2-num-prompts", type=int, default=0, help="0 = every prompt")
+    train.add_argument("--max-new-tokens", type=int, default=192)
+    train.add_argument("--phase1-steps", type=int, default=120)
+    train.add_argument("--phase2-steps", type=int, default=120)
+    train.add_argument("--seqs-per-step", type=int, default=16)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--only", default="all", choices=["all", "data", "generate", "phase1-data"],
+                       help="stop after a data stage (to run stages in separate processes)")
+    train.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    train.set_defaults(func=cmd_train_speculator)
+
+    ev = sub.add_parser("eval-speculator", help="acceptance and speed of a speculator on held-out prompts")
+    ev.add_argument("--speculator", required=True, help='"default", a folder, "medusa:PATH" or "ngram"')
+    ev.add_argument("--prompts", default=None, help=".jsonl of {\"prompt\"} (default: shipped held-out split)")
+    ev.add_argument("--num-prompts", type=int, default=0, help="0 = every prompt")
+    ev.add_argument("--max-tokens", type=int, default=128)
+    ev.add_argument("--num-candidates", type=int, default=None, help="1 = a single chain; default: the speculator's")
+    ev.add_argument("--batch-size", type=int, default=1, help="requests at once (1 = single-request decode)")
+    ev.add_argument("--json", action="store_true")
+    add_engine_args(ev)
+    ev.set_defaults(func=cmd_eval_speculator)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_args(serve)
     add_engine_args(serve)
     serve.set_defaults(func=cmd_serve)
+    add_train_parsers(sub)
     return parser
 
 

@@ -206,6 +206,8 @@ class LLMEngine:
         self.groups.pop(group.request_id, None)
         for seq in group.sequences:
             self.seq_by_child.pop(seq.request.request_id, None)
+        # Free the runner's per-request state now, not at the next step (the engine may go idle).
+        self.runner.release([seq.request.request_id for seq in group.sequences])
 
     def _make_output(self, group: _Group, new_by_child: dict[str, list[int]]) -> RequestOutput:
         completions = []

@@ -20,6 +20,7 @@ from specserve.server.completions import create_completion
 from specserve.server.errors import APIError, install_error_handlers
 from specserve.server.protocol import ChatCompletionRequest, CompletionRequest
 from specserve.server.state import ServerState
+from specserve.server.streaming import ClientGone
 
 STATIC_DIR = Path(__file__).parent / "static"
 _COUNTED_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/"}
@@ -65,10 +66,11 @@ class GateMiddleware:
             auth = headers.get(b"authorization", b"").decode("latin-1")
             scheme, _, token = auth.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-                return APIError(401, "missing or invalid API key; send the header 'Authorization: Bearer <key>'",
+                return APIError(401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
                                 code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
         if self.state.draining:
-            return APIError(503, "server is shutting down", code="shutting_down", headers={"Retry-After": "5"})
+            return APIError(503, "server is shutting down", code="shutting_down",
+                            headers={"Retry-After": "5"})
         return None
 
 
@@ -76,6 +78,8 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="specserve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = state
     install_error_handlers(app)
+    # 499, nginx's "client closed request": only our metrics ever see it.
+    app.add_exception_handler(ClientGone, lambda request, exc: Response(status_code=499))
     app.add_middleware(GateMiddleware, state=state)
 
     @app.post("/v1/chat/completions")

@@ -15,7 +15,7 @@ from specserve.server.errors import APIError
 from specserve.server.generation import ChoiceDelta, Generation, prepare_prompt, safe_logprob, sse
 from specserve.server.protocol import ChatCompletionRequest
 from specserve.server.state import ServerState
-from specserve.server.streaming import SSEResponse, run_unless_disconnected
+from specserve.server.streaming import SSEResponse, generate_to_end
 
 
 async def create_chat_completion(state: ServerState, body: ChatCompletionRequest, raw: Request) -> Response:
@@ -31,25 +31,25 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
     created = int(time.time())
     if body.stream:
         return SSEResponse(_chunks(state, gen, body, created), on_close=lambda: state.release(gen.request_id))
-    try:
-        await run_unless_disconnected(raw, gen.run_to_end())
-    finally:
-        state.release(gen.request_id)
-    gen.check_errors()
+    await generate_to_end(state, gen, raw)
     return JSONResponse(_response(state, gen, body, created))
 
 
-def _response(state: ServerState, gen: Generation, body: ChatCompletionRequest, created: int) -> dict[str, Any]:
+def _response(state: ServerState, gen: Generation, body: ChatCompletionRequest,
+              created: int) -> dict[str, Any]:
     choices = []
     for output in gen.final.values():
         for completion in output.outputs:
             logprobs = None
             if body.logprobs:
-                logprobs = {"content": _logprob_entries(state, completion.logprobs or [], body.top_logprobs or 0)}
-            choices.append({"index": completion.index, "message": {"role": "assistant", "content": completion.text},
-                            "logprobs": logprobs, "finish_reason": completion.finish_reason})
+                entries = _logprob_entries(state, completion.logprobs or [], body.top_logprobs or 0)
+                logprobs = {"content": entries}
+            message = {"role": "assistant", "content": completion.text}
+            choices.append({"index": completion.index, "message": message, "logprobs": logprobs,
+                            "finish_reason": completion.finish_reason})
     return {"id": gen.request_id, "object": "chat.completion", "created": created, "model": body.model,
-            "choices": choices, "usage": gen.usage(), "system_fingerprint": None, "specserve": gen.spec_info()}
+            "choices": choices, "usage": gen.usage(), "system_fingerprint": None,
+            "specserve": gen.spec_info()}
 
 
 async def _chunks(state: ServerState, gen: Generation, body: ChatCompletionRequest,
@@ -86,5 +86,5 @@ def _logprob_entries(state: ServerState, logprobs: list[Any], num_top: int) -> l
         return {"token": text, "logprob": safe_logprob(logprob), "bytes": list(text.encode())}
 
     return [{**entry(lp.token_id, lp.logprob),
-             "top_logprobs": [entry(t, v) for t, v in zip(lp.top_token_ids[:num_top], lp.top_logprobs[:num_top])]}
+             "top_logprobs": [entry(t, v) for t, v in zip(lp.top_token_ids[:num_top], lp.top_logprobs)]}
             for lp in logprobs]

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from specserve.server.generation import ChoiceDelta, Generation, prepare_prompt, safe_logprob, sse
 from specserve.server.protocol import CompletionRequest
 from specserve.server.state import ServerState
-from specserve.server.streaming import SSEResponse, run_unless_disconnected
+from specserve.server.streaming import SSEResponse, generate_to_end
 
 
 async def create_completion(state: ServerState, body: CompletionRequest, raw: Request) -> Response:
@@ -26,11 +26,7 @@ async def create_completion(state: ServerState, body: CompletionRequest, raw: Re
     created = int(time.time())
     if body.stream:
         return SSEResponse(_chunks(state, gen, body, created), on_close=lambda: state.release(gen.request_id))
-    try:
-        await run_unless_disconnected(raw, gen.run_to_end())
-    finally:
-        state.release(gen.request_id)
-    gen.check_errors()
+    await generate_to_end(state, gen, raw)
     return JSONResponse(_response(state, gen, body, created))
 
 
@@ -44,7 +40,8 @@ def _response(state: ServerState, gen: Generation, body: CompletionRequest, crea
             choices.append({"index": prompt_index * gen.params.n + completion.index, "text": completion.text,
                             "logprobs": logprobs, "finish_reason": completion.finish_reason})
     return {"id": gen.request_id, "object": "text_completion", "created": created, "model": body.model,
-            "choices": choices, "usage": gen.usage(), "system_fingerprint": None, "specserve": gen.spec_info()}
+            "choices": choices, "usage": gen.usage(), "system_fingerprint": None,
+            "specserve": gen.spec_info()}
 
 
 async def _chunks(state: ServerState, gen: Generation, body: CompletionRequest,
@@ -71,7 +68,8 @@ def _choice(state: ServerState, delta: ChoiceDelta, body: CompletionRequest,
     if body.logprobs is not None and delta.logprobs:
         logprobs = _logprobs(state, delta.logprobs, offset)
     text_offsets[delta.index] = offset + len(delta.text)
-    return {"index": delta.index, "text": delta.text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
+    return {"index": delta.index, "text": delta.text, "logprobs": logprobs,
+            "finish_reason": delta.finish_reason}
 
 
 def _logprobs(state: ServerState, logprobs: list[Any], offset: int) -> dict[str, Any]:
@@ -87,4 +85,5 @@ def _logprobs(state: ServerState, logprobs: list[Any], offset: int) -> dict[str,
         top.append(alternatives)
         text_offset.append(offset)
         offset += len(text)
-    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": text_offset}
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top,
+            "text_offset": text_offset}

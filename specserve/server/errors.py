@@ -19,6 +19,9 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_f
           405: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable"}
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
 class APIError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
                  type: str | None = None, headers: dict[str, str] | None = None) -> None:
@@ -45,13 +48,10 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     """One readable sentence naming each bad field, and the first field as ``param``."""
     parts, param = [], None
     for err in exc.errors():
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
         if err.get("type") == "json_invalid":
             detail = (err.get("ctx") or {}).get("error", "")
             return f"request body is not valid JSON ({detail})".replace(" ()", ""), None
-        # Union members show up as extra loc entries ("str", "list[str]"); they only add noise.
-        field = ".".join(x for x in loc if not any(c in x for c in "[]") and x not in ("str", "int", "float",
-                                                                                         "bool", "function-after"))
+        field = _field_path(err.get("loc", ()))
         if param is None and field:
             param = field
         if err.get("type") == "missing":
@@ -62,6 +62,17 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
             parts.append(f"'{field}': {err.get('msg')}" if field else str(err.get("msg")))
     unique = list(dict.fromkeys(parts))
     return "; ".join(unique[:4]) or "invalid request", param
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """"messages.0.content" from pydantic's loc, without "body" and the union-member tags it adds
+    ("str", "list[str]", "TextPart"): field names are lowercase identifiers, tags are not."""
+    parts = []
+    for x in loc:
+        if isinstance(x, str) and (x == "body" or x in _TYPE_TAGS or not x.isidentifier() or x[0].isupper()):
+            continue
+        parts.append(str(x))
+    return ".".join(parts)
 
 
 def install_error_handlers(app: FastAPI) -> None:

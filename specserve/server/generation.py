@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -72,10 +72,11 @@ class Generation:
     def num_seqs(self) -> int:
         return len(self.prompts) * self.params.n
 
-    async def run(self) -> AsyncIterator[tuple[RequestOutput, list[ChoiceDelta]]]:
+    async def run(self) -> AsyncGenerator[tuple[RequestOutput, list[ChoiceDelta]], None]:
         """Yield each engine output with the choice deltas it carries."""
         engine = self.state.engine
-        streams = [engine.generate(ids, self.params, rid) for ids, rid in zip(self.prompts, self.engine_request_ids)]
+        streams = [engine.generate(ids, self.params, request_id)
+                   for ids, request_id in zip(self.prompts, self.engine_request_ids)]
         # aclosing: a consumer that stops early must reach the engine streams' cleanup (abort) now.
         async with contextlib.aclosing(_merge(streams)) as merged:
             async for prompt_index, output in merged:
@@ -154,7 +155,7 @@ class Generation:
                 raise APIError(500, "the model failed while generating this request", type="server_error")
 
 
-async def _merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+async def _merge(streams: list[AsyncIterator[T]]) -> AsyncGenerator[tuple[int, T], None]:
     """Interleave several async iterators, tagging items with their position."""
     if len(streams) == 1:
         async with contextlib.aclosing(streams[0]) as stream:  # type: ignore[type-var]
@@ -169,7 +170,7 @@ async def _merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]
             async for item in stream:
                 queue.put_nowait((index, item))
             queue.put_nowait((index, done))
-        except Exception as exc:  # handed to the consumer, which re-raises it
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
             queue.put_nowait((index, exc))
 
     tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]

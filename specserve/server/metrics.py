@@ -20,7 +20,8 @@ _E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 
 
 class _EngineCollector(Collector):
-    def __init__(self, stats: Callable[[], dict[str, Any]], server_gauges: Callable[[], dict[str, float]]) -> None:
+    def __init__(self, stats: Callable[[], dict[str, Any]],
+                 server_gauges: Callable[[], dict[str, float]]) -> None:
         self._stats = stats
         self._server_gauges = server_gauges
 
@@ -44,7 +45,8 @@ class _EngineCollector(Collector):
         yield CounterMetricFamily("specserve_prefix_cache_queries_tokens", "Prompt tokens looked up",
                                   value=queries)
         yield CounterMetricFamily("specserve_prefix_cache_hits_tokens", "Prompt tokens found", value=hits)
-        yield CounterMetricFamily("specserve_engine_steps", "Engine steps run", value=stats.get("num_steps", 0))
+        yield CounterMetricFamily("specserve_engine_steps", "Engine steps run",
+                                  value=stats.get("num_steps", 0))
         yield from _spec_gauges(stats)
         for name, value in self._server_gauges().items():
             yield gauge(name, f"server: {name.replace('_', ' ')}", value)
@@ -60,14 +62,28 @@ def _spec_gauges(stats: dict[str, Any]) -> Iterator[Metric]:
     steps = stats.get("spec_steps")
     emitted = stats.get("spec_emitted_tokens")
     if steps and emitted is not None:
-        derived["spec_mean_accepted_tokens_per_step"] = ("Tokens emitted per speculative step (bonus included)",
-                                                         emitted / steps)
+        derived["spec_mean_accepted_tokens_per_step"] = (
+            "Tokens emitted per speculative step (bonus included)", emitted / steps)
+    labelled: list[GaugeMetricFamily] = []
     for key, value in stats.items():
-        # The engine's own value wins over ours when it reports the same name.
-        if key.startswith("spec_") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not key.startswith("spec_"):
+            continue
+        if _is_number(value):  # the engine's own value wins over ours when it reports the same name
             derived[key] = (f"engine stat {key}", value)
+        elif isinstance(value, (list, dict)):  # per-position rates, histograms: one series per entry
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            family = GaugeMetricFamily(f"specserve_{key}", f"engine stat {key}", labels=["key"])
+            for label, number in items:
+                if _is_number(number):
+                    family.add_metric([str(label)], number)
+            labelled.append(family)
     for key, (doc, value) in derived.items():
         yield GaugeMetricFamily(f"specserve_{key}", doc, value=value)
+    yield from labelled
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class ServerMetrics:

@@ -133,7 +133,8 @@ class CompletionRequest(SamplingRequest):
         if self.echo:
             raise APIError(400, "echo is not supported by this server", param="echo")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
-            raise APIError(400, f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}", param="logprobs")
+            raise APIError(400, f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}",
+                           param="logprobs")
         return self.sampling_params(self.max_tokens, self.logprobs)
 
     def prompts(self) -> list[str | list[int]]:
@@ -148,7 +149,8 @@ class CompletionRequest(SamplingRequest):
         if not prompts or any(len(p) == 0 for p in prompts):
             raise APIError(400, "prompt must not be empty", param="prompt")
         if len(prompts) > MAX_PROMPTS:
-            raise APIError(400, f"at most {MAX_PROMPTS} prompts per request, got {len(prompts)}", param="prompt")
+            raise APIError(400, f"at most {MAX_PROMPTS} prompts per request, got {len(prompts)}",
+                           param="prompt")
         return prompts
 
 

@@ -75,7 +75,7 @@ def model_name_for(model: str | None) -> str:
 
 
 def run_server(engine_args: dict[str, Any], host: str = "127.0.0.1", port: int = 8000,
-               api_key: str | None = None, max_queue: int | None = None, speculator: str | None = None,
+               api_key: str | None = None, max_queue: int | None = None,
                served_model_name: str | None = None, drain_timeout: float = 30.0,
                log_level: str = "info") -> int:
     from specserve.engine.llm import build_engine_config
@@ -87,7 +87,8 @@ def run_server(engine_args: dict[str, Any], host: str = "127.0.0.1", port: int =
     name = served_model_name or model_name_for(model)
     aliases = frozenset(x for x in (model, engine.m.bundle.model_dir.name) if x)
     state = ServerState(async_engine, name, max_num_seqs=engine.config.scheduler.max_num_seqs,
-                        max_queue=max_queue, api_key=api_key, speculator=speculator, model_aliases=aliases)
+                        max_queue=max_queue, api_key=api_key, speculator=engine_args.get("speculator"),
+                        model_aliases=aliases)
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown_host}:{port}"
     announce = (f"specserve: serving '{name}' at {url}  (chat page: {url}/ , OpenAI API: {url}/v1)"

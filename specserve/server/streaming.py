@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import Request
 from starlette.responses import StreamingResponse
@@ -20,14 +20,15 @@ from starlette.types import Receive, Scope, Send
 
 from specserve.engine.async_engine import EngineDeadError
 from specserve.server.errors import APIError
-from specserve.server.generation import sse
+from specserve.server.generation import Generation, sse
+from specserve.server.state import ServerState
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class ClientGone(Exception):
-    pass
+    """The client left before its non-streaming response was ready; there is no one to answer."""
 
 
 class SSEResponse(StreamingResponse):
@@ -57,7 +58,7 @@ async def _with_error_events(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
     try:
         async for chunk in chunks:
             yield chunk
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure becomes an error event
         error = as_api_error(exc)
         yield sse(error.body())
         yield sse("[DONE]")
@@ -72,6 +73,17 @@ def as_api_error(exc: Exception) -> APIError:
         return APIError(400, str(exc))
     logger.exception("request failed", exc_info=exc)
     return APIError(500, "internal server error", type="server_error")
+
+
+async def generate_to_end(state: ServerState, gen: Generation, request: Request) -> None:
+    """Run a non-streaming request to its end; engine refusals become API errors."""
+    try:
+        await run_unless_disconnected(request, gen.run_to_end())
+    except (ValueError, EngineDeadError) as exc:
+        raise as_api_error(exc) from exc
+    finally:
+        state.release(gen.request_id)
+    gen.check_errors()
 
 
 async def run_unless_disconnected(request: Request, work: Awaitable[T]) -> T:
@@ -96,6 +108,6 @@ async def run_unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 async def _wait_for_disconnect(request: Request) -> None:
     # The body has been read already, so the next message can only be the disconnect.
     while True:
-        message: dict[str, Any] = await request.receive()
+        message = await request.receive()
         if message["type"] == "http.disconnect":
             return

@@ -70,10 +70,16 @@ class ModelRunner:
             self.generators[request_id] = gen
         return gen
 
+    def release(self, request_ids: list[str]) -> None:
+        """Drop per-request state (RNG, speculator caches) of finished requests; idempotent."""
+        for request_id in request_ids:
+            self.generators.pop(request_id, None)
+            if self.spec is not None:
+                self.spec.release(request_id)
+
     @torch.inference_mode()
     def forward(self, out: SchedulerOutput) -> tuple[InputBatch, torch.Tensor]:
-        for request_id in out.finished_request_ids:
-            self.generators.pop(request_id, None)
+        self.release(out.finished_request_ids)
         self.copy_blocks(out.block_copies)
         batch = build_input_batch(out, self.block_size, self.device)
         hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)
@@ -91,9 +97,6 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> dict[str, RequestStepResult]:
         """Run one step: sample (or verify drafts) for every request that reached its end, then
         propose the next drafts when a speculator is attached."""
-        if self.spec is not None:
-            for request_id in out.finished_request_ids:
-                self.spec.release(request_id)
         batch, hidden = self.forward(out)
         items = [(i, item) for i, item in enumerate(out.scheduled) if item.needs_sample]
         if not items:

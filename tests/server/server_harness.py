@@ -66,20 +66,20 @@ class RunningServer:
         deadline = time.monotonic() + timeout
         while True:
             stats = self.engine.stats()
-            if not self.state.in_flight and stats.get("kv_blocks_in_use") == 0 and stats.get("num_running") == 0:
-                return stats
-            if time.monotonic() > deadline:
+            idle = stats.get("kv_blocks_in_use") == 0 and stats.get("num_running") == 0
+            if (idle and not self.state.in_flight) or time.monotonic() > deadline:
                 return stats
             time.sleep(0.05)
 
 
 def start_server(bundle: ModelBundle, *, kv_cache_memory: str = "64MiB", max_num_seqs: int = 8,
                  max_queue: int | None = None, api_key: str | None = None, max_model_len: int | None = None,
-                 drain_timeout: float = 10.0) -> RunningServer:
+                 drain_timeout: float = 10.0, speculator: str | None = None) -> RunningServer:
     config = build_engine_config(kv_cache_memory=kv_cache_memory, max_num_seqs=max_num_seqs,
-                                 max_model_len=max_model_len)
+                                 max_model_len=max_model_len, speculator=speculator)
     engine = AsyncLLMEngine(LLMEngine(config, bundle))
-    state = ServerState(engine, MODEL_NAME, max_num_seqs=max_num_seqs, max_queue=max_queue, api_key=api_key)
+    state = ServerState(engine, MODEL_NAME, max_num_seqs=max_num_seqs, max_queue=max_queue, api_key=api_key,
+                        speculator=speculator)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # a free port, held from now on: no race with other test runs

@@ -7,6 +7,7 @@ system driver, so it never downloads one.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -14,19 +15,21 @@ from typing import Any
 import pytest
 from server_harness import MODEL_NAME, RunningServer
 
-pytestmark = pytest.mark.slow
-
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 INSTALL = "apt-get update && apt-get install -y chromium chromium-driver; pip install selenium"
 
-webdriver = pytest.importorskip("selenium.webdriver", reason=f"selenium is not installed ({INSTALL})")
-if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-    pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} missing ({INSTALL})", allow_module_level=True)
 
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+def _missing() -> str | None:
+    if importlib.util.find_spec("selenium") is None:
+        return "the selenium package"
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
+    return " and ".join(missing) or None
+
+
+MISSING = _missing()
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(MISSING is not None, reason=f"needs {MISSING} (install: {INSTALL})")]
 
 # Counts text changes of assistant bubbles: more than one means the reply arrived in pieces.
 COUNT_UPDATES_JS = """
@@ -38,6 +41,9 @@ new MutationObserver(() => { window.__updates += 1; })
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
@@ -50,6 +56,9 @@ def browser() -> Iterator[Any]:
 
 
 def test_chat_page_streams_an_answer(server: RunningServer, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
     browser.get(server.url + "/")
     wait = WebDriverWait(browser, 60, poll_frequency=0.1)
     wait.until(lambda d: d.find_element(By.ID, "model").text == MODEL_NAME)
@@ -71,5 +80,6 @@ def test_chat_page_streams_an_answer(server: RunningServer, browser: Any) -> Non
     assert "tok/s" in stats and "speculation: n/a" in stats, stats
     assert int(stats.split(" tokens")[0]) > 0
     assert browser.execute_script("return window.__updates") > 3  # user bubble, reply, then token by token
-    assert [m.text for m in browser.find_elements(By.CSS_SELECTOR, ".msg.user .bubble")] == ["Where is my order?"]
+    questions = browser.find_elements(By.CSS_SELECTOR, ".msg.user .bubble")
+    assert [m.text for m in questions] == ["Where is my order?"]
     assert not server.wait_idle()["kv_blocks_in_use"]

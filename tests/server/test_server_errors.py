@@ -103,7 +103,8 @@ def test_prompt_over_context_length(http: httpx.Client) -> None:
     long = [{"role": "user", "content": "hello " * 200}]
     error = error_of(http.post("/v1/chat/completions", json=chat(messages=long)), 400)
     assert error["code"] == "context_length_exceeded" and "64" in error["message"]
-    error = error_of(http.post("/v1/completions", json={"model": MODEL_NAME, "prompt": list(range(1, 80))}), 400)
+    too_long = {"model": MODEL_NAME, "prompt": list(range(1, 80))}
+    error = error_of(http.post("/v1/completions", json=too_long), 400)
     assert error["code"] == "context_length_exceeded"
 
 

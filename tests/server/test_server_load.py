@@ -25,7 +25,7 @@ MAX_TOKENS = 16
 QUESTIONS = ["What is the capital of France?", "Name a primary color.", "How many legs does a spider have?",
              "What is 2 plus 2?", "Say hello in Spanish.", "What do bees make?",
              "Which planet is closest to the sun?", "What is the opposite of cold?"]
-ENGINE_ARGS = dict(kv_cache_memory="256MiB", max_num_seqs=NUM_CLIENTS)
+ENGINE_ARGS = {"kv_cache_memory": "256MiB", "max_num_seqs": NUM_CLIENTS}
 
 
 def conversation(question: str) -> list[dict[str, str]]:
@@ -36,7 +36,8 @@ def conversation(question: str) -> list[dict[str, str]]:
 def expected(bundle: ModelBundle) -> dict[str, str]:
     """Greedy answers from the offline API, computed before the server's engine exists."""
     llm = LLM(bundle=bundle, **ENGINE_ARGS)
-    outputs = llm.chat([conversation(q) for q in QUESTIONS], SamplingParams(temperature=0, max_tokens=MAX_TOKENS))
+    greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
+    outputs = llm.chat([conversation(q) for q in QUESTIONS], greedy)
     return {q: out.outputs[0].text for q, out in zip(QUESTIONS, outputs)}
 
 
@@ -61,7 +62,7 @@ async def ask(client: openai.AsyncOpenAI, question: str, leave_after_first_token
 
 
 async def run_clients(url: str, leave: set[int]) -> list[str | None]:
-    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", timeout=120, max_retries=0) as client:
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="-", timeout=120, max_retries=0) as client:
         jobs = [ask(client, QUESTIONS[i % len(QUESTIONS)], i in leave) for i in range(NUM_CLIENTS)]
         return await asyncio.wait_for(asyncio.gather(*jobs), timeout=150)
 

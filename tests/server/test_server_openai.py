@@ -50,7 +50,8 @@ def test_chat(greedy_chat: openai.types.chat.ChatCompletion) -> None:
 
 def test_chat_stream_matches(client: openai.OpenAI, greedy_chat: openai.types.chat.ChatCompletion) -> None:
     stream = client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_completion_tokens=8,
-                                            temperature=0, stream=True, stream_options={"include_usage": True})
+                                            temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == greedy_chat.choices[0].message.content
@@ -59,9 +60,10 @@ def test_chat_stream_matches(client: openai.OpenAI, greedy_chat: openai.types.ch
     assert len(finals) == 1
     # The non-standard summary the chat page reads; speculation is off here.
     assert finals[0].model_extra["specserve"]["mean_accepted_tokens_per_step"] is None
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == greedy_chat.usage.completion_tokens
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage.completion_tokens == greedy_chat.usage.completion_tokens
     # The prompt was seen before, so its full blocks come from the prefix cache.
-    assert chunks[-1].usage.prompt_tokens_details.cached_tokens > 0
+    assert usage.prompt_tokens_details.cached_tokens > 0
 
 
 def test_completion_stream_and_stop(client: openai.OpenAI) -> None:
@@ -114,3 +116,15 @@ def test_metrics_after_requests(server: RunningServer) -> None:
         assert name in text
     assert 'specserve_http_requests_total{path="/v1/chat/completions",status="200"}' in text
     assert server.wait_idle()["kv_blocks_in_use"] == 0
+
+
+def test_stream_several_prompts_and_choices(client: openai.OpenAI) -> None:
+    chunks = list(client.completions.create(model=MODEL_NAME, prompt=["Hello", "The sky is"], n=2, max_tokens=4,
+                                            temperature=0.7, seed=7, stream=True))
+    finished = sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason)
+    assert finished == [0, 1, 2, 3]  # choice index = prompt index * n + sequence index
+    chat_chunks = list(client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, n=2, max_tokens=4,
+                                                      temperature=0.7, seed=7, stream=True))
+    roles = [c.choices[0].index for c in chat_chunks if c.choices and c.choices[0].delta.role]
+    finished = sorted(c.choices[0].index for c in chat_chunks if c.choices and c.choices[0].finish_reason)
+    assert roles == [0, 1] and finished == [0, 1]

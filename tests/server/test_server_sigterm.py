@@ -52,7 +52,7 @@ def stream_chat(url: str, model: str, max_tokens: int, events: queue.Queue[Any])
                 if chunk.get("usage"):
                     tokens = chunk["usage"]["completion_tokens"]
         events.put((finish, tokens))
-    except Exception as exc:  # reported to the test thread
+    except Exception as exc:  # noqa: BLE001 - reported to the test thread
         events.put(exc)
 
 
@@ -79,7 +79,8 @@ def test_sigterm_drains_then_exits() -> None:
     cmd = [sys.executable, "-m", "specserve.cli", "serve", "--port", str(port), "--threads", "1",
            "--kv-cache-memory", "64MiB", "--max-num-seqs", "4", "--drain-timeout", "4"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = "http://" + wait_for_url(proc, timeout=120)
         assert url == f"http://127.0.0.1:{port}"
