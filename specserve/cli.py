@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(serve)
     serve.set_defaults(func=cmd_serve)
     add_train_parsers(sub)
+    from specserve.bench.cli_args import add_bench_parsers
+
+    add_bench_parsers(sub, cmd_bench)
     return parser
 
 

@@ -1,5 +1,8 @@
 """Paged attention: a plain reference op (for tests) and a batched op (the one the model uses).
 
+On CUDA with Triton installed, `paged_attention` runs the Triton kernel of triton_paged.py instead
+(same semantics, one launch per layer, CUDA-graph friendly); everywhere else the SDPA path below.
+
 KV cache layout per layer: k_cache, v_cache of shape [num_blocks, block_size, num_kv_heads, head_dim].
 A slot is one token position: slot = block_id * block_size + offset.
 """
@@ -11,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from specserve.attention import triton_paged
 from specserve.attention.metadata import AttentionMetadata
 
 # Requests with at most this many new tokens (decode steps, speculative candidates) are padded
@@ -108,11 +112,17 @@ class _BatchedPlan:
             mask[row, qlen:, 0] = True  # padded query rows attend to one key so softmax stays finite
             q_rows[row, :qlen] = torch.arange(md.query_start_loc[i], md.query_start_loc[i] + qlen)
             q_valid[row, :qlen] = True
-        self.slots = slots  # [num_short, max_len]
-        self.mask = mask.unsqueeze(1)  # [num_short, 1, max_q, max_len]
-        self.q_rows = q_rows  # [num_short, max_q]
-        self.q_valid = q_valid
-        self.out_rows = q_rows[q_valid]
+        self.slots = slots.view(-1)  # [num_short * max_len]
+        self.num_short, self.max_q, self.max_len = num, max_q, max_len
+        # No mask at all when every key is visible (single decode tokens of equal length): faster SDPA.
+        self.mask = None if bool(mask[:, :, :].all()) else mask.unsqueeze(1)  # [num_short, 1, max_q, max_len]
+        flat_rows = q_rows[q_valid]
+        # When the short requests' rows are exactly 0..n-1 without padding, no gather/scatter is needed.
+        self.identity = (len(self.long_reqs) == 0 and bool(q_valid.all())
+                         and bool((flat_rows == torch.arange(flat_rows.numel(), device=device)).all()))
+        self.q_rows = q_rows.view(-1)  # [num_short * max_q]
+        self.valid_index = torch.nonzero(q_valid.view(-1)).view(-1)  # padded position -> kept
+        self.out_rows = flat_rows
 
 
 def paged_attention(
@@ -123,6 +133,8 @@ def paged_attention(
     scale: float | None = None,
 ) -> torch.Tensor:
     """Batched paged attention via SDPA: one padded call for short queries, one per long prefill."""
+    if query.is_cuda and triton_paged.HAS_TRITON:
+        return triton_paged.triton_paged_attention(query, k_cache, v_cache, md, scale)
     num_heads, head_dim = query.shape[1], query.shape[2]
     num_kv_heads = k_cache.shape[2]
     plan = md.cache.get("batched_plan")
@@ -135,11 +147,21 @@ def paged_attention(
     gqa = num_heads != num_kv_heads
     out = torch.empty_like(query)
     if plan.short_reqs:
-        q = query[plan.q_rows].transpose(1, 2)  # [B, H, max_q, D]
-        k = flat_k[plan.slots].transpose(1, 2)  # [B, Hkv, max_len, D]
-        v = flat_v[plan.slots].transpose(1, 2)
+        b, max_q, max_len = plan.num_short, plan.max_q, plan.max_len
+        if plan.identity:
+            q = query.view(b, max_q, num_heads, head_dim).transpose(1, 2)  # [B, H, max_q, D]
+        else:
+            q = query.index_select(0, plan.q_rows).view(b, max_q, num_heads, head_dim).transpose(1, 2)
+        k = flat_k.index_select(0, plan.slots).view(b, max_len, num_kv_heads, head_dim).transpose(1, 2)
+        v = flat_v.index_select(0, plan.slots).view(b, max_len, num_kv_heads, head_dim).transpose(1, 2)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, scale=scale, enable_gqa=gqa)
-        out[plan.out_rows] = o.transpose(1, 2)[plan.q_valid]
+        o = o.transpose(1, 2).reshape(b * max_q, num_heads, head_dim)
+        if plan.identity:
+            if not plan.long_reqs:
+                return o
+            out[:b * max_q] = o
+        else:
+            out.index_copy_(0, plan.out_rows, o.index_select(0, plan.valid_index))
     for i in plan.long_reqs:
         start, end = md.query_start_loc[i], md.query_start_loc[i + 1]
         slots = plan.long_slots[i]

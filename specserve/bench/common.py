@@ -1,10 +1,16 @@
-"""Shared benchmark pieces: the prompt set, machine description, timing helpers, result output."""
+"""Shared benchmark pieces: the prompt set, machine description, timing helpers, result output.
+
+Every benchmark returns a BenchResult: its configuration, the machine (with the load average at start
+and end: on a busy machine no figure means much), one main table, optional further tables, and notes
+for what was skipped. ``--json PATH`` writes it whole; docs/benchmarks.md is rendered from those files.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,8 +45,27 @@ REWRITE_PROMPT = (
     "replacement or issue a full refund, which ever you prefer.")
 
 
-def chat_messages(i: int) -> list[dict[str, str]]:
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+def chat_messages(i: int, distinct: bool = False) -> list[dict[str, str]]:
+    """The i-th chat prompt (cycling over QUESTIONS); ``distinct`` adds a ticket number so that the i-th
+    and the (i + 8)-th differ after the shared system prompt (as real traffic does)."""
+    question = QUESTIONS[i % len(QUESTIONS)]
+    if distinct:
+        question += f" (ticket {1000 + i})"
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+
+
+def chat_prompt_ids(tokenizer: Any, i: int, distinct: bool = False) -> list[int]:
+    return list(tokenizer.encode(tokenizer.apply_chat_template(chat_messages(i, distinct),
+                                                               add_generation_prompt=True)))
+
+
+def rewrite_messages() -> list[dict[str, str]]:
+    """The typo-correction prompt: most of the answer can be copied from the prompt (prompt lookup wins)."""
+    return [{"role": "user", "content": REWRITE_PROMPT}]
+
+
+def rewrite_prompt_ids(tokenizer: Any) -> list[int]:
+    return list(tokenizer.encode(tokenizer.apply_chat_template(rewrite_messages(), add_generation_prompt=True)))
 
 
 @dataclass
@@ -56,8 +81,7 @@ class MachineInfo:
     def read(cls) -> MachineInfo:
         import torch
 
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else -1.0
-        return cls(os.cpu_count(), torch.get_num_threads(), round(load, 2), platform.platform(),
+        return cls(os.cpu_count(), torch.get_num_threads(), load_average_1m(), platform.platform(),
                    _cpu_name(), torch.__version__)
 
 
@@ -78,27 +102,61 @@ class BenchResult:
     machine: MachineInfo
     rows: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # further named tables
+    notes: list[str] = field(default_factory=list)  # skipped configurations and caveats, one line each
+    load_average_1m_end: float | None = None
+    command: str = field(default_factory=lambda: " ".join(sys.argv))
+
+    def finish(self) -> BenchResult:
+        """Record the load average at the end (a busy machine makes every figure suspect)."""
+        self.load_average_1m_end = load_average_1m()
+        return self
 
     def print_table(self) -> None:
         print(f"\n== {self.name} ==")
-        print("config:", json.dumps(self.config))
+        print("config:", json.dumps(self.config, default=str))
         m = self.machine
+        end = "" if self.load_average_1m_end is None else f", {self.load_average_1m_end} at end"
         print(f"machine: {m.processor}, {m.cpu_count} cores, torch {m.torch_version}, "
-              f"{m.torch_threads} threads, load average {m.load_average_1m} at start")
-        if not self.rows:
-            return
-        keys = list(self.rows[0].keys())
-        widths = {k: max(len(k), *(len(_fmt(r.get(k))) for r in self.rows)) for k in keys}
-        print("  ".join(k.ljust(widths[k]) for k in keys))
-        for row in self.rows:
-            print("  ".join(_fmt(row.get(k)).ljust(widths[k]) for k in keys))
+              f"{m.torch_threads} threads, load average {m.load_average_1m} at start{end}")
+        _print_rows(self.rows)
+        for name, rows in self.tables.items():
+            print(f"\n-- {name} --")
+            _print_rows(rows)
         for key, value in self.extra.items():
             print(f"{key}: {value}")
+        for note in self.notes:
+            print(f"note: {note}")
 
     def write_json(self, path: str | None) -> None:
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    widths = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
+    for row in rows:
+        print("  ".join(_fmt(row.get(k)).ljust(widths[k]) for k in keys))
+
+
+def load_average_1m() -> float:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else -1.0
+
+
+def parse_int_list(text: str) -> list[int]:
+    """'1,8,32' -> [1, 8, 32]; every value must be a positive integer."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"expected positive integers, got {text!r}")
+    return values
 
 
 def _fmt(value: Any) -> str:

@@ -1,7 +1,8 @@
 """ModelArchConfig: the model shape and numerics, read from an HF config.json (+ generation_config.json).
 
 Family differences (Llama, Mistral, Qwen2, Granite) become plain fields here so one implementation
-serves them all. Defaults follow the transformers config classes, because `save_pretrained` may omit
+serves them all. GPTBigCode (StarCoder, Granite code 20B/34B) has its own key names and is read by
+`_gpt_bigcode`; its class (model/gpt_bigcode.py) ignores the rope fields. Defaults follow the transformers config classes, because `save_pretrained` may omit
 keys that equal them.
 """
 
@@ -46,7 +47,7 @@ class ModelArchConfig:
     head_dim: int
     vocab_size: int
     max_position_embeddings: int
-    rms_norm_eps: float
+    rms_norm_eps: float  # the epsilon of the family's norm (LayerNorm's for GPTBigCode)
     rope: RopeConfig
     tie_word_embeddings: bool
     bos_token_id: int | None
@@ -62,6 +63,7 @@ class ModelArchConfig:
     # Mistral/Qwen2 sliding window: recorded but not applied (exact only for contexts <= window).
     sliding_window: int | None = None
     torch_dtype: str | None = None
+    hidden_act: str = "silu"  # GPTBigCode: gelu (exact) or a tanh approximation
 
     @property
     def q_size(self) -> int:
@@ -84,6 +86,8 @@ class ModelArchConfig:
             raise ValueError(f"config must be a JSON object, got {type(config).__name__}")
         model_type = config.get("model_type")
         architecture = _architecture(config, model_type)
+        if model_type == "gpt_bigcode" or (model_type is None and architecture == "GPTBigCodeForCausalLM"):
+            return _gpt_bigcode(cls, config, generation_config or {})
         if model_type is None:
             model_type = {v: k for k, v in MODEL_TYPE_TO_ARCH.items()}.get(architecture, "llama")
         hidden_size = _pos_int(config, "hidden_size")
@@ -138,6 +142,48 @@ class ModelArchConfig:
 
 
 _DEFAULT_MAX_POS = {"llama": 2048, "granite": 2048, "mistral": 131072, "qwen2": 32768}
+
+GELU_ACTS = ("gelu", "gelu_pytorch_tanh", "gelu_new", "gelu_fast")  # exact, then three tanh forms
+
+
+def _gpt_bigcode(cls: type[ModelArchConfig], config: dict[str, Any], generation_config: dict[str, Any]
+                 ) -> ModelArchConfig:
+    """GPTBigCode keys (n_embd, n_layer, n_head, n_positions, n_inner, multi_query); defaults as in
+    transformers' GPTBigCodeConfig. Biases everywhere, LayerNorm, learned absolute positions."""
+    config = {"bos_token_id": 50256, "eos_token_id": 50256, **config}
+    hidden_size = _pos_int(config, "n_embd", config.get("hidden_size", 768))
+    num_heads = _pos_int(config, "n_head", config.get("num_attention_heads", 12))
+    if hidden_size % num_heads:
+        raise ValueError(f"n_embd ({hidden_size}) is not divisible by n_head ({num_heads})")
+    if config.get("add_cross_attention"):
+        raise ValueError("GPTBigCode with cross-attention is not supported")
+    act = config.get("activation_function", "gelu_pytorch_tanh")
+    if act not in GELU_ACTS:
+        raise ValueError(f"activation_function {act!r} is not supported (supported: {', '.join(GELU_ACTS)})")
+    n_inner = config.get("n_inner")
+    return cls(
+        architecture=_architecture(config, "gpt_bigcode"),
+        model_type="gpt_bigcode",
+        num_layers=_pos_int(config, "n_layer", config.get("num_hidden_layers", 12)),
+        hidden_size=hidden_size,
+        intermediate_size=_pos_int({"n_inner": n_inner or 4 * hidden_size}, "n_inner"),
+        num_heads=num_heads,
+        num_kv_heads=1 if config.get("multi_query", True) else num_heads,
+        head_dim=hidden_size // num_heads,
+        vocab_size=_pos_int(config, "vocab_size", 50257),
+        max_position_embeddings=_pos_int(config, "n_positions", config.get("max_position_embeddings", 1024)),
+        rms_norm_eps=_float(config, "layer_norm_epsilon", 1e-5),
+        rope=RopeConfig(),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
+        bos_token_id=_opt_int(config, "bos_token_id"),
+        eos_token_ids=_eos_ids(config, generation_config),
+        qkv_bias=True,
+        o_bias=True,
+        mlp_bias=True,
+        attention_multiplier=None if config.get("scale_attn_weights", True) else 1.0,
+        torch_dtype=config.get("torch_dtype") or config.get("dtype"),
+        hidden_act=act,
+    )
 
 
 def _architecture(config: dict[str, Any], model_type: str | None) -> str:

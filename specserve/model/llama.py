@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from specserve.attention.metadata import AttentionMetadata
 from specserve.attention.paged import paged_attention, write_kv
 from specserve.model.arch_config import ModelArchConfig
+from specserve.model.row_major import project
 from specserve.model.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rope
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # each [num_blocks, block_size, num_kv_heads, head_dim]
@@ -83,6 +83,7 @@ class LlamaForCausalLM(nn.Module):
         # Tied models keep no lm_head: logits use the embedding matrix itself.
         self.lm_head = (None if arch.tie_word_embeddings
                         else nn.Linear(arch.hidden_size, arch.vocab_size, bias=False))
+        self.output_weight_t: torch.Tensor | None = None  # see model/row_major.py
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                 md: AttentionMetadata) -> torch.Tensor:
@@ -98,7 +99,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [R, hidden] -> float32 logits [R, vocab]."""
-        logits = F.linear(hidden, self.get_output_embeddings()).float()
+        logits = project(hidden, self.get_output_embeddings(), self.output_weight_t).float()
         if self.arch.logits_scaling != 1.0:
             logits = logits / self.arch.logits_scaling
         return logits

@@ -17,6 +17,7 @@ _MODELS: dict[str, tuple[str, str]] = {
     "MistralForCausalLM": ("specserve.model.llama", "LlamaForCausalLM"),
     "Qwen2ForCausalLM": ("specserve.model.llama", "LlamaForCausalLM"),
     "GraniteForCausalLM": ("specserve.model.llama", "LlamaForCausalLM"),
+    "GPTBigCodeForCausalLM": ("specserve.model.gpt_bigcode", "GPTBigCodeForCausalLM"),
 }
 
 # config.json `model_type` -> architecture, for configs that omit `architectures`
@@ -25,6 +26,7 @@ MODEL_TYPE_TO_ARCH: dict[str, str] = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "granite": "GraniteForCausalLM",
+    "gpt_bigcode": "GPTBigCodeForCausalLM",
 }
 
 

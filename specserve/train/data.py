@@ -52,12 +52,14 @@ def python_docstrings(path: Path) -> str:
     return "\n\n".join(parts)
 
 
-def iter_files(root: Path) -> Iterator[Path]:
+def iter_files(root: Path, python: bool = True) -> Iterator[Path]:
     if root.is_file():
         yield root
         return
     for path in sorted(root.rglob("*")):
         name = path.name.removesuffix(".gz")
+        if name.endswith(".py") and (not python or "-packages" in str(path.relative_to(root))):
+            continue  # docstrings from the top folder's own code only, not from installed packages
         if path.is_file() and not SKIP_NAMES.search(name) and (
                 name.endswith(TEXT_SUFFIXES) or name.upper().startswith("README")):
             yield path
@@ -87,15 +89,25 @@ def default_text_sources() -> list[Path]:
 
 
 def collect_documents(paths: list[Path] | None, max_chars: int, seed: int = 0) -> list[str]:
-    """Distinct documents (deduplicated, at least MIN_CHARS), shuffled, up to ``max_chars`` in all."""
+    """Distinct documents (deduplicated, at least MIN_CHARS), shuffled, up to ``max_chars`` in all.
+
+    Each source contributes at most ``2 * max_chars / num_sources`` characters before the shuffle,
+    so no source dominates and a huge folder is not read to the end.
+    """
     docs: list[str] = []
     seen: set[int] = set()
-    for path in paths or default_text_sources():
+    sources = paths or default_text_sources()
+    quota = 2 * max_chars // len(sources) + 1
+    for path in sources:
+        taken = 0
         for doc in documents_from_path(path):
-            doc = doc.strip()
+            doc = doc.strip()[:20_000]  # no single file dominates
             if len(doc) >= MIN_CHARS and hash(doc) not in seen:
                 seen.add(hash(doc))
-                docs.append(doc[:20_000])  # no single file dominates
+                docs.append(doc)
+                taken += len(doc)
+                if taken >= quota:
+                    break
     random.Random(seed).shuffle(docs)
     out, total = [], 0
     for doc in docs:

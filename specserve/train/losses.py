@@ -78,9 +78,9 @@ def speculator_loss(logits: torch.Tensor, labels: torch.Tensor, weights: list[fl
         if torch.isnan(loss):  # no label in this batch for the stage
             loss = logits.new_zeros(())
         total = total + weights[i] * loss
-        right = (logits[i].argmax(-1) == lab) & (lab != IGNORE)
+        right = (logits[i].detach().argmax(-1) == lab) & (lab != IGNORE)
         num = int((lab != IGNORE).sum())
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         accs.append(float(right.sum()) / max(num, 1))
         all_right &= right
         chain.append(float((all_right & counted).sum()) / max(int(counted.sum()), 1))

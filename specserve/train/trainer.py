@@ -262,7 +262,7 @@ def train(cfg: TrainConfig) -> Path:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
             tok_s = result.num_labels / (time.perf_counter() - t0)
-            entry: dict[str, Any] = {"step": step + 1, "phase": phase, "loss": float(result.loss),
+            entry: dict[str, Any] = {"step": step + 1, "phase": phase, "loss": float(result.loss.detach()),
                                      "stage_loss": result.stage_losses, "stage_acc": result.stage_acc,
                                      "chain_acc": result.chain_acc, "tok_s": tok_s, "time": time.time()}
             if val2 and ((step + 1) % cfg.eval_every == 0 or step + 1 == len(plan)):

@@ -88,7 +88,7 @@ def test_medusa_training_exports(tiny_llama_dir, text_dir, prompt_file, tmp_path
     train(tiny_config(tmp_path, tiny_llama_dir, text_dir, prompt_file, arch="medusa", phase1_steps=6,
                       phase2_steps=2))
     log = read_log(tmp_path)
-    assert log[-1]["loss"] < log[0]["loss"]
+    assert log[5]["loss"] < log[0]["loss"]  # phase 1; phase 2 is another distribution
     medusa = load_medusa(tmp_path / "medusa")
     assert medusa.vocab_map is not None and len(medusa.vocab_map) == 512
     assert torch.equal(load_medusa(tmp_path / "medusa").vocab_map, medusa.vocab_map)

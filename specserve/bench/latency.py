@@ -1,0 +1,102 @@
+"""`specserve bench latency`: one request at a time, per speculation setup, on two prompt sets.
+
+- ``chat``: the customer-care questions (little to copy from the prompt);
+- ``rewrite``: "correct the typos" (most of the answer is in the prompt; prompt lookup's best case).
+
+Each request is greedy and generates exactly ``--max-tokens`` tokens (EOS ignored), so every setup does
+the same work. Reported per (setup, prompt set): TTFT, inter-token latency p50/p99 (a step that brings
+k tokens counts as k gaps of a k-th of its time), end-to-end latency, decode tokens/s, and, for
+speculative setups, the histogram of accepted draft tokens per step. A roofline row gives the fastest
+decode possible without speculation on this machine (see roofline.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from typing import Any
+
+from specserve.bench.common import BenchResult, MachineInfo, chat_prompt_ids, rewrite_prompt_ids
+from specserve.bench.configs import SETUP_NAMES, resolve_setups
+from specserve.bench.engine_runs import SingleRun, median, percentile, run_single
+from specserve.bench.roofline import measure_bandwidth, roofline_fields
+from specserve.engine.engine import LLMEngine
+from specserve.engine.llm import build_engine_config
+from specserve.engine.model_setup import load_bundle
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--configs", default="off,ngram,mlp,auto", help=f"from {', '.join(SETUP_NAMES)}")
+    parser.add_argument("--speculator", default="default", help="the learned speculator of mlp/auto")
+    parser.add_argument("--num-prompts", type=int, default=8, help="chat prompts (1-8)")
+    parser.add_argument("--repeats", type=int, default=1, help="passes over the prompt set")
+    parser.add_argument("--kv-cache-memory", default="256MiB")
+    parser.add_argument("--bandwidth-mib", type=int, default=1024, help="buffer size of the bandwidth test")
+    parser.add_argument("--json", default=None, help="write the result here")
+
+
+def _spec_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Speculation counters of the runs between two engine.stats() snapshots."""
+    steps = after.get("spec_steps", 0) - before.get("spec_steps", 0)
+    emitted = after.get("spec_emitted_tokens", 0) - before.get("spec_emitted_tokens", 0)
+    hist = Counter(after.get("spec_accepted_length_histogram", {}))
+    hist.subtract(before.get("spec_accepted_length_histogram", {}))
+    return {"spec_steps": steps, "mean_accepted_tokens_per_step": emitted / steps if steps else None,
+            "accepted_length_histogram": {int(k): v for k, v in sorted(hist.items()) if v}}
+
+
+def summarize(runs: list[SingleRun]) -> dict[str, Any]:
+    gaps = [g for r in runs for g in r.itl_s]
+    decode_s = sum(r.e2e_s - r.ttft_s for r in runs)
+    return {
+        "requests": len(runs),
+        "ttft_ms_p50": 1e3 * median([r.ttft_s for r in runs]),
+        "itl_ms_p50": 1e3 * percentile(gaps, 50),
+        "itl_ms_p99": 1e3 * percentile(gaps, 99),
+        "e2e_s_p50": median([r.e2e_s for r in runs]),
+        "decode_tok_s": sum(r.num_tokens - 1 for r in runs) / decode_s if decode_s > 0 else float("nan"),
+        "e2e_tok_s": sum(r.num_tokens for r in runs) / sum(r.e2e_s for r in runs),
+    }
+
+
+def run(args: argparse.Namespace) -> BenchResult:
+    if not 1 <= args.num_prompts <= 8:
+        raise ValueError("--num-prompts must be between 1 and 8")
+    machine = MachineInfo.read()
+    bundle = load_bundle(args.model, args.dtype)
+    setups, notes = resolve_setups(args.configs, args.speculator, bundle.model_dir)
+    tok = bundle.tokenizer
+    prompt_sets = {"chat": [chat_prompt_ids(tok, i) for i in range(args.num_prompts)],
+                   "rewrite": [rewrite_prompt_ids(tok)]}
+    bandwidth = measure_bandwidth(args.bandwidth_mib << 20)
+    roofline = roofline_fields(bundle.model, bandwidth)
+    result = BenchResult("latency", {
+        "model": bundle.model_dir.name, "dtype": args.dtype, "max_tokens": args.max_tokens,
+        "configs": [s._asdict() for s in setups], "speculator": args.speculator, "repeats": args.repeats,
+        "prompt_tokens": {k: [len(p) for p in v] for k, v in prompt_sets.items()},
+        "greedy": True, "ignore_eos": True}, machine, notes=notes)
+    bound = roofline["roofline_decode_tok_s"]
+    for setup in setups:
+        engine = LLMEngine(build_engine_config(dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
+                                               max_num_seqs=1, **setup.engine_kwargs), bundle)
+        run_single(engine, prompt_sets["chat"][0], 8)  # warm-up (and first cost samples for auto)
+        for kind, prompts in prompt_sets.items():
+            before = engine.stats()
+            runs = [run_single(engine, p, args.max_tokens) for _ in range(args.repeats) for p in prompts]
+            spec = _spec_delta(before, engine.stats())
+            row = {"config": setup.label, "prompts": kind, **summarize(runs)}
+            row["x_roofline"] = row["decode_tok_s"] / bound
+            row["mean_accepted"] = spec["mean_accepted_tokens_per_step"]
+            result.rows.append(row)
+            if setup.speculator is not None:
+                result.tables.setdefault("acceptance histogram (accepted draft tokens per step: steps)", []).append(
+                    {"config": setup.label, "prompts": kind, "spec_steps": spec["spec_steps"],
+                     "mean_accepted": spec["mean_accepted_tokens_per_step"],
+                     "histogram": spec["accepted_length_histogram"]})
+        del engine
+    result.rows.append({"config": "roofline", "prompts": "-", "decode_tok_s": bound, "x_roofline": 1.0})
+    result.extra.update(roofline)
+    return result.finish()
