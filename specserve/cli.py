@@ -25,6 +25,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-model-len", type=int, default=None)
     group.add_argument("--no-prefix-caching", action="store_true")
     group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    spec = parser.add_argument_group("speculation")
+    spec.add_argument("--speculator", default=None,
+                      help="default | ngram | PATH | mlp:PATH | medusa:PATH | draft:PATH (default: none)")
+    spec.add_argument("--speculation", default="auto", choices=["auto", "on", "off"],
+                      help="auto: per step, from measured cost and acceptance (default)")
+    spec.add_argument("--num-speculative-tokens", type=int, default=None, help="max draft depth")
+    spec.add_argument("--num-candidates", type=int, default=None, help="max candidate paths per request")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -32,7 +39,9 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         model=args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
         block_size=args.block_size, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-        enable_prefix_caching=not args.no_prefix_caching,
+        enable_prefix_caching=not args.no_prefix_caching, speculator=args.speculator,
+        speculation=args.speculation, num_speculative_tokens=args.num_speculative_tokens,
+        num_candidates=args.num_candidates,
     )
 
 
@@ -92,8 +101,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     engine_args = engine_kwargs(args)
-    if args.speculator:
-        engine_args["speculator"] = args.speculator
     return run_server(engine_args, host=args.host, port=args.port, api_key=args.api_key,
                       max_queue=args.max_queue,
                       served_model_name=args.served_model_name, drain_timeout=args.drain_timeout)
@@ -106,8 +113,6 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         help="require 'Authorization: Bearer KEY' on /v1 routes (default: $SPECSERVE_API_KEY)")
     parser.add_argument("--max-queue", type=int, default=256,
                         help="waiting requests beyond which new ones get 429 (default 256)")
-    parser.add_argument("--speculator", default=None,
-                        help="ngram | default | PATH | mlp:PATH | medusa:PATH | draft:PATH (default: none)")
     parser.add_argument("--served-model-name", default=None, help="the id clients send as 'model'")
     parser.add_argument("--drain-timeout", type=float, default=30.0,
                         help="seconds running requests may take to finish after SIGTERM")
@@ -133,7 +138,8 @@ def cmd_train_speculator(args: argparse.Namespace) -> int:
     config = TrainConfig(
         out=args.out, model=args.model, arch=args.arch, n_predict=args.n_predict, inner_dim=args.inner_dim,
         head_vocab_size=args.head_vocab, tie_weights=not args.no_tie, phase1_data=tuple(args.phase1_data or ()),
-        phase1_max_chars=args.phase1_max_chars, phase2_prompts=args.phase2_prompts or "",
+        phase1_max_chars=args.phase1_max_chars, phase1_max_tokens=args.phase1_max_tokens,
+        generate_dtype=args.generate_dtype, phase2_prompts=args.phase2_prompts or "",
         phase2_num_prompts=args.phase2_num_prompts, max_new_tokens=args.max_new_tokens,
         phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps, seqs_per_step=args.seqs_per_step,
         lr=args.lr, seed=args.seed, resume=args.resume, only=args.only)
@@ -160,7 +166,10 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--head-vocab", type=int, default=8192, help="heads over the N most frequent tokens; 0 = all")
     train.add_argument("--no-tie", action="store_true", help="separate head/embedding/norm per stage")
     train.add_argument("--phase1-data", nargs="*", help="text files, folders or .jsonl {\"text\"} (default: offline docs)")
-    train.add_argument("--phase1-max-chars", type=int, default=1_500_000)
+    train.add_argument("--phase1-max-chars", type=int, default=1_500_000, help="text read for phase 1")
+    train.add_argument("--phase1-max-tokens", type=int, default=0, help="phase-1 tokens used (0 = all read)")
+    train.add_argument("--generate-dtype", default="bfloat16", choices=["float32", "bfloat16"],
+                       help="dtype of the engine writing phase-2 answers (labels are float32 either way)")
     train.add_argument("--phase2-prompts", default=None, help=".jsonl of {\"prompt\"} (default: shipped train split)")
     train.add_argument("--phase2-num-prompts", type=int, default=0, help="0 = every prompt")
     train.add_argument("--max-new-tokens", type=int, default=192)
@@ -176,11 +185,9 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=cmd_train_speculator)
 
     ev = sub.add_parser("eval-speculator", help="acceptance and speed of a speculator on held-out prompts")
-    ev.add_argument("--speculator", required=True, help='"default", a folder, "medusa:PATH" or "ngram"')
     ev.add_argument("--prompts", default=None, help=".jsonl of {\"prompt\"} (default: shipped held-out split)")
     ev.add_argument("--num-prompts", type=int, default=0, help="0 = every prompt")
     ev.add_argument("--max-tokens", type=int, default=128)
-    ev.add_argument("--num-candidates", type=int, default=None, help="1 = a single chain; default: the speculator's")
     ev.add_argument("--batch-size", type=int, default=1, help="requests at once (1 = single-request decode)")
     ev.add_argument("--json", action="store_true")
     add_engine_args(ev)

@@ -7,34 +7,34 @@ for what was skipped. ``--json PATH`` writes it whole; docs/benchmarks.md is ren
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 SYSTEM = ("You are a helpful customer-care assistant for an online electronics shop. Answer politely, "
           "give concrete steps, and keep answers short.")
 QUESTIONS = [
-    "I ordered a laptop last week and the tracking page has not changed for four days. What should I do, "
-    "and can you explain how your shipping and refund policy works?",
-    "My new wireless headphones keep disconnecting from my phone every few minutes. I already tried "
-    "restarting both devices. What else can I try before I send them back?",
-    "Can you explain the difference between your standard warranty and the extended warranty, and "
-    "which one you would recommend for a tablet used by children?",
-    "I was charged twice for the same order of a phone case. How do I get one of the charges refunded, "
-    "and how long will it take to appear on my card?",
-    "How do I reset the password of my account if I no longer have access to the email address I used "
-    "when I signed up?",
-    "Write a short, friendly message I can send to a customer whose order of a coffee machine will be "
-    "delayed by one week because of a supplier problem.",
-    "The screen of my smart watch cracked after a small fall. Is this covered, and what are my options "
-    "for a repair or a replacement?",
-    "I want to return a keyboard I bought twenty days ago. It works fine but I do not like the feel of "
-    "the keys. Is that possible and who pays for the return shipping?",
+    ("I ordered a laptop last week and the tracking page has not changed for four days. What should I do, "
+     "and can you explain how your shipping and refund policy works?"),
+    ("My new wireless headphones keep disconnecting from my phone every few minutes. I already tried "
+     "restarting both devices. What else can I try before I send them back?"),
+    ("Can you explain the difference between your standard warranty and the extended warranty, and "
+     "which one you would recommend for a tablet used by children?"),
+    ("I was charged twice for the same order of a phone case. How do I get one of the charges refunded, "
+     "and how long will it take to appear on my card?"),
+    ("How do I reset the password of my account if I no longer have access to the email address I used "
+     "when I signed up?"),
+    ("Write a short, friendly message I can send to a customer whose order of a coffee machine will be "
+     "delayed by one week because of a supplier problem."),
+    ("The screen of my smart watch cracked after a small fall. Is this covered, and what are my options "
+     "for a repair or a replacement?"),
+    ("I want to return a keyboard I bought twenty days ago. It works fine but I do not like the feel of "
+     "the keys. Is that possible and who pays for the return shipping?"),
 ]
 REWRITE_PROMPT = (
     "Correct the typos in the following text and return the corrected text only:\n\n"
@@ -105,11 +105,13 @@ class BenchResult:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # further named tables
     notes: list[str] = field(default_factory=list)  # skipped configurations and caveats, one line each
     load_average_1m_end: float | None = None
-    command: str = field(default_factory=lambda: " ".join(sys.argv))
+    arguments: dict[str, Any] = field(default_factory=dict)  # every command-line option, defaults included
 
-    def finish(self) -> BenchResult:
-        """Record the load average at the end (a busy machine makes every figure suspect)."""
+    def finish(self, args: argparse.Namespace | None = None) -> BenchResult:
+        """Record the load average at the end (a busy machine makes every figure suspect) and the options."""
         self.load_average_1m_end = load_average_1m()
+        if args is not None:
+            self.arguments = {k: v for k, v in vars(args).items() if k not in ("func", "bench_module")}
         return self
 
     def print_table(self) -> None:
@@ -166,7 +168,7 @@ def _fmt(value: Any) -> str:
 
 
 class Timer:
-    def __enter__(self) -> Timer:
+    def __enter__(self) -> Self:
         self.start = time.perf_counter()
         return self
 

@@ -16,7 +16,13 @@ from typing import Any
 
 import torch
 
-from specserve.bench.common import BenchResult, MachineInfo, chat_messages, rewrite_messages, rewrite_prompt_ids
+from specserve.bench.common import (
+    BenchResult,
+    MachineInfo,
+    chat_messages,
+    rewrite_messages,
+    rewrite_prompt_ids,
+)
 from specserve.bench.engine_runs import median, run_concurrent, run_single
 from specserve.engine.engine import LLMEngine
 from specserve.engine.llm import build_engine_config
@@ -32,7 +38,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speculator", default=None, help="also run specserve with this speculator")
     parser.add_argument("--skip-hf", action="store_true", help="specserve only")
     parser.add_argument("--skip-rewrite", action="store_true", help="no prompt-lookup runs on the rewrite prompt")
-    parser.add_argument("--prompt-lookup", type=int, default=10, help="draft tokens of transformers/llama.cpp lookup")
+    parser.add_argument("--prompt-lookup", type=int, default=10,
+                        help="draft tokens of transformers' and llama.cpp's prompt lookup")
     parser.add_argument("--skip-llama-cpp", action="store_true")
     parser.add_argument("--json", default=None, help="write the result here")
 
@@ -81,14 +88,16 @@ def run(args: argparse.Namespace) -> BenchResult:
         _llama_cpp_runs(args, bundle, result)
     result.extra["load_average_1m_at_end"] = MachineInfo.read().load_average_1m
     result.extra["torch_threads"] = torch.get_num_threads()
-    return result.finish()
+    return result.finish(args)
 
 
 def _rewrite_runs(args: argparse.Namespace, bundle: Any, result: BenchResult) -> None:
     """Single-request decode on the rewrite prompt, each system with and without prompt lookup."""
     prompt = rewrite_prompt_ids(bundle.tokenizer)
     rows: list[dict[str, Any]] = []
-    for label, extra in (("specserve", {}), ("specserve + ngram", {"speculator": "ngram", "speculation": "on"})):
+    setups: list[tuple[str, dict[str, Any]]] = [("specserve", {}),
+                                                ("specserve + ngram", {"speculator": "ngram", "speculation": "on"})]
+    for label, extra in setups:
         engine = LLMEngine(build_engine_config(dtype=args.dtype, max_num_seqs=1, kv_cache_memory="256MiB",
                                                **extra), bundle)
         run_single(engine, prompt, 8)  # warm-up
@@ -130,15 +139,18 @@ def _llama_cpp_runs(args: argparse.Namespace, bundle: Any, result: BenchResult) 
     hf_row = next((r for r in result.rows if r["system"] == "transformers"), None)
     result.rows.append({"system": f"llama.cpp ({gguf.name}, its own precision)", "single_decode_tok_s": rate,
                         f"total_tok_s_{args.concurrency}": None,
-                        "single_x_hf": rate / hf_row["single_decode_tok_s"] if hf_row else None, "batch_x_hf": None})
+                        "single_x_hf": rate / hf_row["single_decode_tok_s"] if hf_row else None,
+                        "batch_x_hf": None})
     if args.skip_rewrite:
         return
     rewrite_text = bundle.tokenizer.apply_chat_template(rewrite_messages(), add_generation_prompt=True)
     rows = result.tables.setdefault("rewrite prompt: single-request decode, with and without prompt lookup", [])
     plain = None
-    for label, lookup in (("llama.cpp", None), (f"llama.cpp + prompt lookup {args.prompt_lookup}", args.prompt_lookup)):
+    for label, lookup in (("llama.cpp", None),
+                          (f"llama.cpp + prompt lookup {args.prompt_lookup}", args.prompt_lookup)):
         llm = load_llama(gguf, threads, lookup)
         llama_single_decode(llm, rewrite_text, 8)  # warm-up
         rate = median([llama_single_decode(llm, rewrite_text, args.max_tokens)[0] for _ in range(args.repeats)])
         plain = plain or rate
-        rows.append({"system": label, "decode_tok_s": rate, "mean_accepted": None, "x_without_lookup": rate / plain})
+        rows.append({"system": label, "decode_tok_s": rate, "mean_accepted": None,
+                     "x_without_lookup": rate / plain})

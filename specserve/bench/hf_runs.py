@@ -19,7 +19,7 @@ def hf_single_decode(model: torch.nn.Module, prompt_ids: list[int], max_tokens: 
                      prompt_lookup: int | None = None) -> tuple[float, float]:
     """(decode tokens/s, prefill seconds): decode rate from the difference of two generate calls."""
     ids = torch.tensor([prompt_ids])
-    kwargs = dict(do_sample=False, pad_token_id=pad_id)
+    kwargs: dict[str, object] = {"do_sample": False, "pad_token_id": pad_id}
     if prompt_lookup:
         kwargs["prompt_lookup_num_tokens"] = prompt_lookup
     start = time.perf_counter()

@@ -24,6 +24,8 @@ from specserve.engine.engine import LLMEngine
 from specserve.engine.llm import build_engine_config
 from specserve.engine.model_setup import load_bundle
 
+HISTOGRAM_TABLE = "acceptance histogram (accepted draft tokens per step: steps)"
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None)
@@ -92,11 +94,11 @@ def run(args: argparse.Namespace) -> BenchResult:
             row["mean_accepted"] = spec["mean_accepted_tokens_per_step"]
             result.rows.append(row)
             if setup.speculator is not None:
-                result.tables.setdefault("acceptance histogram (accepted draft tokens per step: steps)", []).append(
+                result.tables.setdefault(HISTOGRAM_TABLE, []).append(
                     {"config": setup.label, "prompts": kind, "spec_steps": spec["spec_steps"],
                      "mean_accepted": spec["mean_accepted_tokens_per_step"],
                      "histogram": spec["accepted_length_histogram"]})
         del engine
     result.rows.append({"config": "roofline", "prompts": "-", "decode_tok_s": bound, "x_roofline": 1.0})
     result.extra.update(roofline)
-    return result.finish()
+    return result.finish(args)

@@ -54,7 +54,8 @@ class LaunchedServer:
         self.state.engine.shutdown()
 
 
-def launch_server(bundle: ModelBundle, engine_kwargs: dict[str, Any], max_queue: int | None = None) -> LaunchedServer:
+def launch_server(bundle: ModelBundle, engine_kwargs: dict[str, Any],
+                  max_queue: int | None = None) -> LaunchedServer:
     """Start a server on a free port of 127.0.0.1 around a new engine on ``bundle``'s weights."""
     config = build_engine_config(dtype=_dtype_name(bundle), **engine_kwargs)
     engine = AsyncLLMEngine(LLMEngine(config, bundle))

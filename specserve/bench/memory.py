@@ -167,8 +167,9 @@ def run(args: argparse.Namespace) -> BenchResult:
     lengths = None
     if args.lengths == "uniform":
         lengths = [rng.randint(max(1, args.max_tokens // 8), args.max_tokens) for _ in prompts]
-    common = dict(dtype=args.dtype, kv_cache_memory=args.kv_cache_memory, block_size=args.block_size,
-                  max_num_seqs=args.max_num_seqs, enable_prefix_caching=False)
+    common: dict[str, Any] = {"dtype": args.dtype, "kv_cache_memory": args.kv_cache_memory,
+                               "block_size": args.block_size, "max_num_seqs": args.max_num_seqs,
+                               "enable_prefix_caching": False}
     engine = LLMEngine(build_engine_config(**common), bundle)
     arch = bundle.arch
     block_bytes = kv_bytes_per_block(arch.num_layers, args.block_size, arch.num_kv_heads, arch.head_dim,
@@ -240,4 +241,4 @@ def run(args: argparse.Namespace) -> BenchResult:
              "extra_MiB_mean": fields["spec_extra_bytes_per_request_mean"] / 2**20,
              "extra_MiB_max": fields["spec_extra_bytes_per_request_max"] / 2**20,
              "extra_MiB_bound": fields["spec_extra_bytes_per_request_bound"] / 2**20}]
-    return result.finish()
+    return result.finish(args)

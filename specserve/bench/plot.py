@@ -102,4 +102,4 @@ def run(args: argparse.Namespace) -> BenchResult:
                             "max_output_tok_s": max(r["output_tok_s"] for r in rows),
                             "min_tpot_ms_p50": min(r["tpot_ms_p50"] for r in rows)})
     merged.tables["points"] = [row for result in results for row in result.get("rows", [])]
-    return merged.finish()
+    return merged.finish(args)

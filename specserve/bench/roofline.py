@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -50,8 +50,9 @@ def weight_bytes_per_step(model: nn.Module) -> int:
     """Bytes of parameters one decode step reads: every parameter once (tied ones once), except an
     input embedding that is not also the output head (a lookup reads one row of it)."""
     params = {p.data_ptr(): p for p in model.parameters()}
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    net: Any = model
+    embedding = net.get_input_embeddings() if hasattr(net, "get_input_embeddings") else None
+    head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
     head_weight = head if isinstance(head, torch.Tensor) else getattr(head, "weight", None)
     emb_weight = getattr(embedding, "weight", None)
     if emb_weight is not None and (head_weight is None or emb_weight.data_ptr() != head_weight.data_ptr()):
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     decode = median([run_single(engine, prompt, args.max_tokens).decode_tok_s for _ in range(args.repeats)])
     bound = fields["roofline_decode_tok_s"]
     result.rows.append({"what": "roofline (weights / read bandwidth)", "decode_tok_s": bound, "of_roofline": 1.0})
-    result.rows.append({"what": "specserve, no speculation", "decode_tok_s": decode, "of_roofline": decode / bound})
+    result.rows.append({"what": "specserve, no speculation", "decode_tok_s": decode,
+                        "of_roofline": decode / bound})
     result.extra.update(fields)
     result.extra["bandwidth_after_gb_s"] = round(measure_bandwidth(args.bandwidth_mib << 20).read_gb_s, 2)
-    return result.finish()
+    return result.finish(args)

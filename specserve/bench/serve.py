@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> BenchResult:
         config.update({"model": model, "label": label})
         result = BenchResult("serve", config, machine)
         if args.warmup:
-            warm = LoadSpec(url, model, min(args.max_tokens, 16), args.warmup, args.duration, concurrency=1,
+            warm = LoadSpec(url, model, min(args.max_tokens, 16), args.warmup, duration_s=300.0, concurrency=1,
                             api_key=args.api_key)
             records, _, _ = asyncio.run(run_load(warm))
             if not any(r.ok for r in records):
@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> BenchResult:
             before = server.stats() if server else {}
             with _progress(args.num_requests, f"{mode}={value:g}", args.no_progress) as bar:
                 records, unfinished, seconds = asyncio.run(run_load(load, lambda r: bar.update(1)))
-            row: dict[str, Any] = {"label": label, "mode": mode, "offered": value if mode == "rate" else int(value),
+            offered = value if mode == "rate" else int(value)
+            row: dict[str, Any] = {"label": label, "mode": mode, "offered": offered,
                                    **summarize(records, unfinished, seconds)}
             if server is not None:
                 server.wait_idle()
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     finally:
         if server is not None:
             server.stop()
-    result.finish()
+    result.finish(args)
     if args.plot:
         from specserve.bench.plot import plot_serve
 

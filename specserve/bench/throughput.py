@@ -76,4 +76,4 @@ def run(args: argparse.Namespace) -> BenchResult:
     for row in result.rows:  # ratios once every setup ran, whatever the order of --configs
         off = baseline.get(row["concurrency"])
         row["x_off"] = row["total_tok_s"] / off if off else None
-    return result.finish()
+    return result.finish(args)

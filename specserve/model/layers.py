@@ -6,12 +6,17 @@ All ops work on a flat token batch ([num_tokens, ...]); nothing assumes a batch 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specserve.distributed.layers import linear
 from specserve.model.arch_config import RopeConfig
+
+if TYPE_CHECKING:
+    from specserve.distributed.parallel_state import TensorParallel
 
 
 class RMSNorm(nn.Module):
@@ -29,12 +34,15 @@ class RMSNorm(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x)), with gate and up fused into one matmul."""
+    """SwiGLU: down(silu(gate(x)) * up(x)), with gate and up fused into one matmul.
 
-    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool) -> None:
+    Under tensor parallelism ``intermediate_size`` is this rank's columns and down_proj all-reduces."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool,
+                 tp: TensorParallel | None = None) -> None:
         super().__init__()
         self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.down_proj = linear(intermediate_size, hidden_size, bias, tp, row_parallel=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [num_tokens, intermediate] each

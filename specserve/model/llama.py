@@ -3,6 +3,11 @@
 The batch is flat: requests' prefill chunks and decode tokens are concatenated into [num_tokens] and
 told apart only by the attention metadata. q/k/v and gate/up are fused into single Linears at load
 time, which halves the matmul launches that dominate small-batch decode.
+
+Tensor parallelism (``tp``, see specserve/distributed/): each rank builds the model at its own shape
+(``shard_arch``: 1/N of the heads, MLP columns and vocabulary), so forward runs unchanged on local
+heads; o_proj and down_proj all-reduce, the embedding is vocabulary-parallel and the logits are
+gathered. The loader hands each rank its slices, so ``load_weights`` works on local shapes.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from torch import nn
 
 from specserve.attention.metadata import AttentionMetadata
 from specserve.attention.paged import paged_attention, write_kv
+from specserve.distributed.layers import embedding, linear
+from specserve.distributed.parallel_state import TensorParallel, shard_arch
 from specserve.model.arch_config import ModelArchConfig
 from specserve.model.row_major import project
 from specserve.model.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rope
@@ -22,7 +29,9 @@ KVCache = tuple[torch.Tensor, torch.Tensor]  # each [num_blocks, block_size, num
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, arch: ModelArchConfig) -> None:
+    """``arch`` is this rank's shape under tensor parallelism (its heads only)."""
+
+    def __init__(self, arch: ModelArchConfig, tp: TensorParallel | None = None) -> None:
         super().__init__()
         self.num_heads = arch.num_heads
         self.num_kv_heads = arch.num_kv_heads
@@ -31,7 +40,7 @@ class LlamaAttention(nn.Module):
         self.kv_size = arch.kv_size
         self.scale = arch.attn_scale
         self.qkv_proj = nn.Linear(arch.hidden_size, arch.q_size + 2 * arch.kv_size, bias=arch.qkv_bias)
-        self.o_proj = nn.Linear(arch.q_size, arch.hidden_size, bias=arch.o_bias)
+        self.o_proj = linear(arch.q_size, arch.hidden_size, arch.o_bias, tp, row_parallel=True)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: KVCache,
                 md: AttentionMetadata) -> torch.Tensor:
@@ -50,10 +59,10 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, arch: ModelArchConfig) -> None:
+    def __init__(self, arch: ModelArchConfig, tp: TensorParallel | None = None) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(arch)
-        self.mlp = GatedMLP(arch.hidden_size, arch.intermediate_size, arch.mlp_bias)
+        self.self_attn = LlamaAttention(arch, tp)
+        self.mlp = GatedMLP(arch.hidden_size, arch.intermediate_size, arch.mlp_bias, tp)
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
         self.residual_multiplier = arch.residual_multiplier
@@ -67,22 +76,25 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, arch: ModelArchConfig) -> None:
+    def __init__(self, arch: ModelArchConfig, tp: TensorParallel | None = None) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(arch) for _ in range(arch.num_layers))
+        self.embed_tokens = embedding(arch.vocab_size, arch.hidden_size, tp)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(arch, tp) for _ in range(arch.num_layers))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, arch: ModelArchConfig) -> None:
+    def __init__(self, arch: ModelArchConfig, tp: TensorParallel | None = None) -> None:
         super().__init__()
         self.arch = arch
-        self.model = LlamaModel(arch)
+        self.tp = tp
+        # This rank's shape (the whole model without tensor parallelism); ValueError if N does not divide.
+        self.local_arch = local = arch if tp is None else shard_arch(arch, tp.world_size)
+        self.model = LlamaModel(local, tp)
         self.rotary = RotaryEmbedding(arch.rope, arch.head_dim, arch.max_position_embeddings)
         # Tied models keep no lm_head: logits use the embedding matrix itself.
         self.lm_head = (None if arch.tie_word_embeddings
-                        else nn.Linear(arch.hidden_size, arch.vocab_size, bias=False))
+                        else nn.Linear(arch.hidden_size, local.vocab_size, bias=False))
         self.output_weight_t: torch.Tensor | None = None  # see model/row_major.py
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
@@ -99,7 +111,10 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [R, hidden] -> float32 logits [R, vocab]."""
-        logits = project(hidden, self.get_output_embeddings(), self.output_weight_t).float()
+        logits = project(hidden, self.get_output_embeddings(), self.output_weight_t)
+        if self.tp is not None:
+            logits = self.tp.all_gather_last_dim(logits)  # [R, vocab / N] on each rank -> [R, vocab]
+        logits = logits.float()
         if self.arch.logits_scaling != 1.0:
             logits = logits / self.arch.logits_scaling
         return logits
@@ -138,7 +153,7 @@ class LlamaForCausalLM(nn.Module):
 
     def _shards(self, name: str, param: torch.Tensor) -> list[tuple[int, int]]:
         """(first row, num rows) of each checkpoint tensor packed into this parameter."""
-        a = self.arch
+        a = self.local_arch
         if ".qkv_proj." in name:
             return [(0, a.q_size), (a.q_size, a.kv_size), (a.q_size + a.kv_size, a.kv_size)]
         if ".gate_up_proj." in name:
@@ -151,7 +166,7 @@ class LlamaForCausalLM(nn.Module):
             return None  # derived, recomputed from the config
         if hf_name == "lm_head.weight" and self.lm_head is None:
             return None  # tied: some checkpoints still store a copy
-        a = self.arch
+        a = self.local_arch
         for hf_part, ours, start in (
             (".q_proj.", ".qkv_proj.", 0),
             (".k_proj.", ".qkv_proj.", a.q_size),

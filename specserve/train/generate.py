@@ -24,7 +24,8 @@ def generate_responses(bundle: Any, conversations: list[list[dict[str, str]]], o
             progress.update(len(rows))
     if len(rows) >= len(conversations):
         return rows[:len(conversations)]
-    llm = LLM(bundle=bundle, max_num_seqs=batch_size, kv_cache_memory="2GiB",
+    dtype = str(bundle.dtype).removeprefix("torch.")
+    llm = LLM(bundle=bundle, dtype=dtype, max_num_seqs=batch_size, kv_cache_memory="2GiB",
               max_num_batched_tokens=max(1024, batch_size * 8), enable_prefix_caching=True)
     params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
     out_file.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@ Pipeline (every stage caches its output under ``OUT/cache`` and is skipped when 
 run resumes where it stopped; ``--resume`` also restores the speculator and optimizer from
 ``OUT/checkpoint.pt``):
 
-1. phase-2 answers: the base model (float32, through the engine, greedy) answers the training prompts;
+1. phase-2 answers: the base model (through the engine, greedy, in ``generate_dtype``: bfloat16 is about
+   twice as fast here and its answers are the model's own text; labels are recomputed in float32)
+   answers the training prompts;
 2. hidden-state shards: phase-1 text chunks (base in ``phase1_dtype``) and phase-2 prompt+answer
    sequences (float32), with the base model's greedy token at every position (see losses.py);
 3. head vocabulary: the ``head_vocab_size`` most frequent greedy tokens (phase-2 counts weigh 4x);
@@ -48,11 +50,13 @@ class TrainConfig:
     tie_weights: bool = True
     phase1_data: tuple[str, ...] = ()  # empty = the machine's offline docs (see data.py)
     phase1_max_chars: int = 1_500_000
+    phase1_max_tokens: int = 0  # 0 = every chunk; else the first chunks only (a prefix: cached shards stay valid)
     phase1_dtype: str = "bfloat16"
     chunk_len: int = 256
     phase2_prompts: str = ""  # empty = the shipped training split
     phase2_num_prompts: int = 0  # 0 = all
     max_new_tokens: int = 192
+    generate_dtype: str = "bfloat16"  # answers only; their hidden states and labels come from float32
     phase1_steps: int = 120
     phase2_steps: int = 120
     seqs_per_step: int = 16
@@ -88,6 +92,8 @@ def prepare_phase1(cfg: TrainConfig, cache: Path) -> list[Path]:
     docs = train_data.collect_documents([Path(p) for p in cfg.phase1_data] or None, cfg.phase1_max_chars, cfg.seed)
     tok = bundle.tokenizer
     chunks = train_data.pack_token_chunks([tok.encode(d) for d in docs], cfg.chunk_len, bundle.eos_token_ids[0])
+    if cfg.phase1_max_tokens:
+        chunks = chunks[:cfg.phase1_max_tokens // cfg.chunk_len]
     bar = tqdm(total=sum(len(c) for c in chunks), desc="phase-1 hidden states", unit="tok")
     paths = write_shards(HiddenStateExtractor(bundle.model), chunks, cache / "phase1", cfg.seqs_per_step, progress=bar)
     bar.close()
@@ -96,6 +102,8 @@ def prepare_phase1(cfg: TrainConfig, cache: Path) -> list[Path]:
 
 
 def prepare_phase2(cfg: TrainConfig, cache: Path, bundle: Any) -> list[Path]:
+    from specserve.engine.model_setup import load_bundle
+
     done = cache / "phase2" / "DONE"
     if done.exists():
         return sorted((cache / "phase2").glob("shard_*.pt"))
@@ -103,7 +111,8 @@ def prepare_phase2(cfg: TrainConfig, cache: Path, bundle: Any) -> list[Path]:
     random.Random(cfg.seed).shuffle(convs)
     convs = convs[:cfg.phase2_num_prompts or None]
     bar = tqdm(total=len(convs), desc="phase-2 answers", unit="prompt")
-    rows = generate_responses(bundle, convs, cache / "phase2_answers.jsonl", cfg.max_new_tokens, progress=bar)
+    gen_bundle = bundle if cfg.generate_dtype == "float32" else load_bundle(cfg.model, cfg.generate_dtype)
+    rows = generate_responses(gen_bundle, convs, cache / "phase2_answers.jsonl", cfg.max_new_tokens, progress=bar)
     bar.close()
     if cfg.only == "generate":
         return []

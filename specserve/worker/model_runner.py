@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -13,6 +15,9 @@ from specserve.spec.draft_tree import DraftTree
 from specserve.spec.proposer import ProposalRequest
 from specserve.spec.rejection_sampler import VerifyInput
 from specserve.worker.input_batch import InputBatch, build_input_batch
+
+if TYPE_CHECKING:
+    from specserve.worker.cuda_graphs import CudaGraphRunner
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -45,6 +50,23 @@ class ModelRunner:
         self.spec: SpecDecoder | None = None
         self.max_spec_depth = 0
         self.max_spec_candidates = 1
+        self.cuda_graphs: CudaGraphRunner | None = None  # CUDA only, opt-in: enable_cuda_graphs
+
+    def enable_cuda_graphs(self, max_batch_size: int, max_model_len: int) -> bool:
+        """Capture decode steps as CUDA graphs (see worker/cuda_graphs.py); False where unavailable.
+
+        Adds one scratch block to the KV tensors (padding rows write there), so call it before serving."""
+        from specserve.attention.triton_paged import HAS_TRITON
+        from specserve.worker.cuda_graphs import CudaGraphRunner, add_scratch_block
+
+        if self.device.type != "cuda" or not HAS_TRITON:
+            return False
+        if self.cuda_graphs is None:
+            add_scratch_block(self.kv_caches)
+        self.cuda_graphs = CudaGraphRunner(self.model, self.kv_caches, self.block_size, self.num_blocks,
+                                           max_batch_size, max_model_len)
+        self.cuda_graphs.capture()
+        return True
 
     def attach_speculator(self, spec: SpecDecoder, max_depth: int, max_candidates: int) -> None:
         self.spec = spec
@@ -82,6 +104,8 @@ class ModelRunner:
         self.release(out.finished_request_ids)
         self.copy_blocks(out.block_copies)
         batch = build_input_batch(out, self.block_size, self.device)
+        if self.cuda_graphs is not None and self.cuda_graphs.can_run(batch):
+            return batch, self.cuda_graphs.run(batch)
         hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)
         return batch, hidden
 

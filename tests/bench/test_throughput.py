@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import pytest
+from conftest import assert_machine
+
+
+def test_throughput_per_concurrency_and_setup(run_bench, tiny_llama_dir, bench_mlp_dir):
+    result = run_bench("throughput", "--model", str(tiny_llama_dir), "--configs", "auto,off,on",
+                       "--speculator", str(bench_mlp_dir), "--concurrency", "1,3", "--num-requests", "4",
+                       "--max-tokens", "8", "--kv-cache-memory", "8MiB")
+    assert_machine(result)
+    rows = result["rows"]
+    assert [(r["concurrency"], r["config"]) for r in rows] == [
+        (c, s) for c in (1, 3) for s in ("auto (mlp)", "off", "on (mlp)")]
+    for row in rows:
+        assert row["requests"] == 4 and row["total_tok_s"] > 0
+        assert row["req_s"] * row["seconds"] == pytest.approx(4)
+        assert row["x_off"] == pytest.approx(row["total_tok_s"] / next(
+            r["total_tok_s"] for r in rows if r["config"] == "off" and r["concurrency"] == row["concurrency"]))
+        assert (row["spec_steps"] > 0) == (row["config"] == "on (mlp)") or row["config"].startswith("auto")
+    assert result["config"]["mean_prompt_tokens"] > 0
+
+
+def test_throughput_rejects_bad_concurrency(run_bench, tiny_llama_dir):
+    with pytest.raises(ValueError, match="positive integers"):
+        run_bench("throughput", "--model", str(tiny_llama_dir), "--concurrency", "0,2")
