@@ -30,12 +30,15 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.
   [ $rc -eq 0 ] || status=1
 }
 
-"$PY" - <<'PYEOF' > "$OUT/environment.txt" 2>&1 || { cat "$OUT/environment.txt"; echo "no usable CUDA + Triton"; exit 2; }
+if ! "$PY" - <<'PYEOF' > "$OUT/environment.txt" 2>&1; then
 import torch, triton
 assert torch.cuda.is_available(), "torch sees no CUDA device"
 print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)
-print("device", torch.cuda.get_device_name(), f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
+gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+print("device", torch.cuda.get_device_name(), f"{gib:.0f} GiB")
 PYEOF
+  cat "$OUT/environment.txt"; echo "gpu_check: no usable CUDA + Triton"; exit 2
+fi
 cat "$OUT/environment.txt"
 
 stage gpu_tests 240 "$PY" -m pytest -m gpu tests -x -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml"

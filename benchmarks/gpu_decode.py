@@ -1,6 +1,7 @@
 """Decode latency and throughput on CUDA: eager vs captured decode graphs, with and without speculation.
 
-Usage (repo root): PYTHONPATH=. python benchmarks/gpu_decode.py [--model DIR|--random-llama-1b] [--dtype bfloat16] [--json OUT]
+Usage (repo root):
+    PYTHONPATH=. python benchmarks/gpu_decode.py [--model DIR | --random-llama-1b] [--json OUT]
 
 Per setup (graphs off/on x speculator): TTFT, inter-token latency p50/p90, single-request decode tok/s,
 total tok/s at each concurrency, the acceptance histogram of speculative setups, and peak GPU memory.
@@ -60,7 +61,8 @@ def write_random_llama(out: Path, dtype: torch.dtype, device: str = "cuda") -> P
     eos = json.loads((tok_dir / "config.json").read_text()).get("eos_token_id", 2)
     (out / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
-        "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": eos, "torch_dtype": str(dtype)[6:], **c}))
+        "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": eos,
+        "torch_dtype": str(dtype).removeprefix("torch."), **c}))
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tok_dir / name).exists():
             shutil.copy(tok_dir / name, out / name)
@@ -110,7 +112,7 @@ def bench_setup(bundle: Any, prompts: list[list[int]], args: argparse.Namespace,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="model folder or .gguf (default: the embedded SmolLM2)")
-    parser.add_argument("--random-llama-1b", action="store_true", help="benchmark a random ~1.1B Llama instead")
+    parser.add_argument("--random-llama-1b", action="store_true", help="a random ~1.1B Llama instead")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", default="1,8,32")
@@ -125,7 +127,8 @@ def main() -> int:
         return 2
     model = args.model
     if args.random_llama_1b:
-        model = str(write_random_llama(Path(tempfile.mkdtemp(prefix="llama-1b-")), getattr(torch, args.dtype)))
+        folder = Path(tempfile.mkdtemp(prefix="llama-1b-"))
+        model = str(write_random_llama(folder, getattr(torch, args.dtype)))
         args.speculators = "none"
     bundle = load_bundle(model, args.dtype, "cuda")
     prompts = [chat_prompt_ids(bundle.tokenizer, i, distinct=True) for i in range(max(args.concurrency))]

@@ -25,6 +25,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-model-len", type=int, default=None)
     group.add_argument("--no-prefix-caching", action="store_true")
     group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    group.add_argument("--tensor-parallel-size", type=int, default=1,
+                       help="shard the model over N processes (GPUs: NCCL, CPU: gloo); under torchrun, "
+                            "its number of processes (default 1)")
     spec = parser.add_argument_group("speculation")
     spec.add_argument("--speculator", default=None,
                       help="default | ngram | PATH | mlp:PATH | medusa:PATH | draft:PATH (default: none)")
@@ -41,8 +44,29 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         enable_prefix_caching=not args.no_prefix_caching, speculator=args.speculator,
         speculation=args.speculation, num_speculative_tokens=args.num_speculative_tokens,
-        num_candidates=args.num_candidates,
+        num_candidates=args.num_candidates, tensor_parallel_size=args.tensor_parallel_size,
     )
+
+
+def run_torchrun_worker(args: argparse.Namespace) -> int | None:
+    """Under torchrun every process runs the same command: ranks > 0 serve their shard and never reach
+    the engine; None for rank 0 (and without torchrun), which goes on as usual."""
+    from specserve.distributed.parallel_state import torchrun_env
+
+    env = torchrun_env()
+    if getattr(args, "tensor_parallel_size", 1) <= 1 or env is None or env[0] == 0:
+        return None
+    import torch
+
+    from specserve.distributed.launcher import rank_spec
+    from specserve.distributed.worker import run_torchrun_worker as run_worker
+    from specserve.engine.llm import build_engine_config
+    from specserve.model.loader import resolve_model_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = build_engine_config(**engine_kwargs(args))
+    return run_worker(rank_spec(config, resolve_model_dir(config.model)))
 
 
 def make_llm(args: argparse.Namespace) -> Any:
@@ -227,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        worker_status = run_torchrun_worker(args)
+        if worker_status is not None:
+            return worker_status
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130

@@ -93,8 +93,8 @@ def build_plan(md: AttentionMetadata, num_queries_per_kv: int, device: torch.dev
         total += q * q
     num_work, num_reqs = len(work_req), md.num_reqs
     # One host-to-device copy for all the small integer arrays.
-    ints = torch.tensor(work_req + work_row0 + md.query_start_loc[:-1] + query_lens + list(md.seq_lens) + offsets,
-                        dtype=torch.int32).to(device, non_blocking=True)
+    ints = torch.tensor(work_req + work_row0 + md.query_start_loc[:-1] + query_lens + list(md.seq_lens)
+                        + offsets, dtype=torch.int32).to(device, non_blocking=True)
     parts = ints.split([num_work, num_work, num_reqs, num_reqs, num_reqs, num_reqs])
     masks = torch.cat(packed).to(device) if packed else torch.zeros(1, dtype=torch.int8, device=device)
     return TritonPlan(work_req=parts[0], work_row0=parts[1], q_start=parts[2], q_len=parts[3],
@@ -176,7 +176,8 @@ if HAS_TRITON:
         row_has_mask = (mask_offset + 0 * rows) >= 0  # has_mask as a [BLOCK_M] block
         d = tl.arange(0, BLOCK_D)
         d_ok = d < HEAD_DIM
-        q = tl.load(Q + (q_start + tok)[:, None].to(tl.int64) * stride_qt + head[:, None] * stride_qh + d[None, :],
+        q_rows = (q_start + tok).to(tl.int64)
+        q = tl.load(Q + q_rows[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
 
         last_tok = (tl.minimum(row0 + BLOCK_M, q_len * GROUP) - 1) // GROUP  # the tile's last token
@@ -191,8 +192,10 @@ if HAS_TRITON:
             block = tl.load(BlockTables + req * stride_bt + n // BLOCK_SIZE, mask=n_ok, other=0)
             slot = block.to(tl.int64) * BLOCK_SIZE + n % BLOCK_SIZE
             kv_ok = n_ok[:, None] & d_ok[None, :]
-            k = tl.load(K + slot[:, None] * stride_kt + kv_head * stride_kh + d[None, :], mask=kv_ok, other=0.0)
-            v = tl.load(V + slot[:, None] * stride_vt + kv_head * stride_vh + d[None, :], mask=kv_ok, other=0.0)
+            k = tl.load(K + slot[:, None] * stride_kt + kv_head * stride_kh + d[None, :], mask=kv_ok,
+                        other=0.0)  # [BLOCK_N, BLOCK_D]
+            v = tl.load(V + slot[:, None] * stride_vt + kv_head * stride_vh + d[None, :], mask=kv_ok,
+                        other=0.0)
             if IEEE:
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
@@ -200,8 +203,9 @@ if HAS_TRITON:
             s = s * scale  # [BLOCK_M, BLOCK_N] float32
             new_idx = n - num_cached  # >= 0: one of the request's new tokens
             causal = new_idx[None, :] <= tok[:, None]
-            custom = tl.load(Masks + mask_offset + tok[:, None] * q_len + new_idx[None, :],
-                             mask=(row_has_mask & row_ok)[:, None] & ((new_idx >= 0) & n_ok)[None, :], other=0)
+            mask_ok = (row_has_mask & row_ok)[:, None] & ((new_idx >= 0) & n_ok)[None, :]
+            mask_ptrs = Masks + mask_offset + tok[:, None] * q_len + new_idx[None, :]
+            custom = tl.load(mask_ptrs, mask=mask_ok, other=0)
             from_mask = (new_idx < 0)[None, :] | (custom != 0)
             seen = tl.where(row_has_mask[:, None], from_mask, causal) & n_ok[None, :] & row_ok[:, None]
             s = tl.where(seen, s, float("-inf"))
@@ -216,5 +220,5 @@ if HAS_TRITON:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        tl.store(O + (q_start + tok)[:, None].to(tl.int64) * stride_ot + head[:, None] * stride_oh + d[None, :],
+        tl.store(O + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
                  out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])

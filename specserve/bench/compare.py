@@ -32,6 +32,7 @@ from specserve.engine.model_setup import load_bundle
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--device", default="cpu", help="specserve's and transformers' device")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="single-request runs (median)")
@@ -46,7 +47,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> BenchResult:
     machine = MachineInfo.read()
-    bundle = load_bundle(args.model, args.dtype)
+    bundle = load_bundle(args.model, args.dtype, args.device)
     tok = bundle.tokenizer
     prompts = [tok.encode(tok.apply_chat_template(chat_messages(i), add_generation_prompt=True))
                for i in range(args.concurrency)]
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace) -> BenchResult:
         configs.append((f"specserve+{args.speculator}", {"speculator": args.speculator, "speculation": "auto"}))
     engine_rates: dict[str, tuple[float, float]] = {}
     for label, extra in configs:
-        engine = LLMEngine(build_engine_config(dtype=args.dtype, max_num_seqs=max(64, args.concurrency),
+        engine = LLMEngine(build_engine_config(dtype=args.dtype, device=args.device,
+                                               max_num_seqs=max(64, args.concurrency),
                                                **extra), bundle)
         run_single(engine, prompts[0], 8)  # warm-up
         singles = [run_single(engine, prompts[0], args.max_tokens) for _ in range(args.repeats)]
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     if not args.skip_hf:
         from specserve.bench.hf_runs import hf_single_decode, hf_static_batch, load_hf
 
-        hf = load_hf(bundle.model_dir, bundle.dtype)
+        hf = load_hf(bundle.model_dir, bundle.dtype).to(bundle.device)
         pad = bundle.eos_token_ids[0]
         hf_single_decode(hf, prompts[0], 8, pad)  # warm-up
         hf_single = median([hf_single_decode(hf, prompts[0], args.max_tokens, pad)[0] for _ in range(args.repeats)])
@@ -84,7 +86,9 @@ def run(args: argparse.Namespace) -> BenchResult:
                             "batch_x_hf": batch / hf_batch if hf_batch else None})
     if not args.skip_rewrite:
         _rewrite_runs(args, bundle, result)
-    if not args.skip_llama_cpp:
+    if not args.skip_llama_cpp and bundle.device.type != "cpu":
+        result.notes.append("llama.cpp skipped: it runs on the CPU here, specserve on " + str(bundle.device))
+    elif not args.skip_llama_cpp:
         _llama_cpp_runs(args, bundle, result)
     result.extra["load_average_1m_at_end"] = MachineInfo.read().load_average_1m
     result.extra["torch_threads"] = torch.get_num_threads()
@@ -98,7 +102,8 @@ def _rewrite_runs(args: argparse.Namespace, bundle: Any, result: BenchResult) ->
     setups: list[tuple[str, dict[str, Any]]] = [("specserve", {}),
                                                 ("specserve + ngram", {"speculator": "ngram", "speculation": "on"})]
     for label, extra in setups:
-        engine = LLMEngine(build_engine_config(dtype=args.dtype, max_num_seqs=1, kv_cache_memory="256MiB",
+        engine = LLMEngine(build_engine_config(dtype=args.dtype, device=args.device, max_num_seqs=1,
+                                               kv_cache_memory="256MiB",
                                                **extra), bundle)
         run_single(engine, prompt, 8)  # warm-up
         before = engine.stats()
@@ -110,7 +115,7 @@ def _rewrite_runs(args: argparse.Namespace, bundle: Any, result: BenchResult) ->
     if not args.skip_hf:
         from specserve.bench.hf_runs import hf_single_decode, load_hf
 
-        hf = load_hf(bundle.model_dir, bundle.dtype)
+        hf = load_hf(bundle.model_dir, bundle.dtype).to(bundle.device)
         pad = bundle.eos_token_ids[0]
         for label, lookup in (("transformers", None), (f"transformers + prompt lookup {args.prompt_lookup}",
                                                         args.prompt_lookup)):

@@ -18,7 +18,7 @@ def load_hf(model_dir: Path, dtype: torch.dtype) -> torch.nn.Module:
 def hf_single_decode(model: torch.nn.Module, prompt_ids: list[int], max_tokens: int, pad_id: int,
                      prompt_lookup: int | None = None) -> tuple[float, float]:
     """(decode tokens/s, prefill seconds): decode rate from the difference of two generate calls."""
-    ids = torch.tensor([prompt_ids])
+    ids = torch.tensor([prompt_ids], device=_device(model))
     kwargs: dict[str, object] = {"do_sample": False, "pad_token_id": pad_id}
     if prompt_lookup:
         kwargs["prompt_lookup_num_tokens"] = prompt_lookup
@@ -40,8 +40,13 @@ def hf_static_batch(model: torch.nn.Module, prompts: list[list[int]], max_tokens
     for i, p in enumerate(prompts):
         ids[i, width - len(p):] = torch.tensor(p)
         mask[i, width - len(p):] = 1
+    ids, mask = ids.to(_device(model)), mask.to(_device(model))
     start = time.perf_counter()
     out = model.generate(ids, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
                          do_sample=False, pad_token_id=pad_id)
     seconds = time.perf_counter() - start
     return seconds, (out.shape[1] - width) * len(prompts)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -30,6 +30,7 @@ HISTOGRAM_TABLE = "acceptance histogram (accepted draft tokens per step: steps)"
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--configs", default="off,ngram,mlp,auto", help=f"from {', '.join(SETUP_NAMES)}")
     parser.add_argument("--speculator", default="default", help="the learned speculator of mlp/auto")
@@ -68,21 +69,22 @@ def run(args: argparse.Namespace) -> BenchResult:
     if not 1 <= args.num_prompts <= 8:
         raise ValueError("--num-prompts must be between 1 and 8")
     machine = MachineInfo.read()
-    bundle = load_bundle(args.model, args.dtype)
+    bundle = load_bundle(args.model, args.dtype, args.device)
     setups, notes = resolve_setups(args.configs, args.speculator, bundle.model_dir)
     tok = bundle.tokenizer
     prompt_sets = {"chat": [chat_prompt_ids(tok, i) for i in range(args.num_prompts)],
                    "rewrite": [rewrite_prompt_ids(tok)]}
-    bandwidth = measure_bandwidth(args.bandwidth_mib << 20)
+    bandwidth = measure_bandwidth(args.bandwidth_mib << 20, device=args.device)
     roofline = roofline_fields(bundle.model, bandwidth)
     result = BenchResult("latency", {
-        "model": bundle.model_dir.name, "dtype": args.dtype, "max_tokens": args.max_tokens,
+        "model": bundle.model_dir.name, "dtype": args.dtype, "device": args.device, "max_tokens": args.max_tokens,
         "configs": [s._asdict() for s in setups], "speculator": args.speculator, "repeats": args.repeats,
         "prompt_tokens": {k: [len(p) for p in v] for k, v in prompt_sets.items()},
         "greedy": True, "ignore_eos": True}, machine, notes=notes)
     bound = roofline["roofline_decode_tok_s"]
     for setup in setups:
-        engine = LLMEngine(build_engine_config(dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
+        engine = LLMEngine(build_engine_config(dtype=args.dtype, device=args.device,
+                                               kv_cache_memory=args.kv_cache_memory,
                                                max_num_seqs=1, **setup.engine_kwargs), bundle)
         run_single(engine, prompt_sets["chat"][0], 8)  # warm-up (and first cost samples for auto)
         for kind, prompts in prompt_sets.items():

@@ -28,19 +28,28 @@ class Bandwidth(NamedTuple):
     num_bytes: int  # size of the buffer measured
 
 
-def measure_bandwidth(num_bytes: int = 1 << 30, repeats: int = 5) -> Bandwidth:
+def measure_bandwidth(num_bytes: int = 1 << 30, repeats: int = 5, device: str = "cpu") -> Bandwidth:
     """Best of ``repeats`` (the fastest run is the one the least disturbed by other work)."""
+    dev = torch.device(device)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     n = max(num_bytes // 4, 1024)
-    src = torch.ones(n, dtype=torch.float32)
+    src = torch.ones(n, dtype=torch.float32, device=dev)
     dst = torch.empty_like(src)
     dst.copy_(src)  # touch every page once before timing
+    sync()
     best_sum = best_copy = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         src.sum()
+        sync()
         best_sum = min(best_sum, time.perf_counter() - start)
         start = time.perf_counter()
         dst.copy_(src)
+        sync()
         best_copy = min(best_copy, time.perf_counter() - start)
     size = n * 4
     return Bandwidth(size / best_sum / 1e9, 2 * size / best_copy / 1e9, size)
@@ -48,7 +57,8 @@ def measure_bandwidth(num_bytes: int = 1 << 30, repeats: int = 5) -> Bandwidth:
 
 def weight_bytes_per_step(model: nn.Module) -> int:
     """Bytes of parameters one decode step reads: every parameter once (tied ones once), except an
-    input embedding that is not also the output head (a lookup reads one row of it)."""
+    input embedding that is not also the output head (a lookup reads one row of it). Layout copies kept
+    for decode (model/row_major.py) are not parameters: a step reads one layout, the same bytes."""
     params = {p.data_ptr(): p for p in model.parameters()}
     net: Any = model
     embedding = net.get_input_embeddings() if hasattr(net, "get_input_embeddings") else None
@@ -75,6 +85,7 @@ def roofline_fields(model: nn.Module, bandwidth: Bandwidth) -> dict[str, float]:
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="single-request runs (median)")
     parser.add_argument("--bandwidth-mib", type=int, default=1024, help="buffer size of the bandwidth test")
@@ -87,13 +98,14 @@ def run(args: argparse.Namespace) -> BenchResult:
     from specserve.engine.model_setup import load_bundle
 
     machine = MachineInfo.read()
-    bundle = load_bundle(args.model, args.dtype)
-    bandwidth = measure_bandwidth(args.bandwidth_mib << 20)
+    bundle = load_bundle(args.model, args.dtype, args.device)
+    bandwidth = measure_bandwidth(args.bandwidth_mib << 20, device=args.device)
     fields = roofline_fields(bundle.model, bandwidth)
-    result = BenchResult("roofline", {"model": bundle.model_dir.name, "dtype": args.dtype,
+    result = BenchResult("roofline", {"model": bundle.model_dir.name, "dtype": args.dtype, "device": args.device,
                                       "max_tokens": args.max_tokens, "repeats": args.repeats,
                                       "bandwidth_buffer_bytes": bandwidth.num_bytes}, machine)
-    engine = LLMEngine(build_engine_config(dtype=args.dtype, kv_cache_memory="128MiB", max_num_seqs=1), bundle)
+    engine = LLMEngine(build_engine_config(dtype=args.dtype, device=args.device, kv_cache_memory="128MiB",
+                                           max_num_seqs=1), bundle)
     prompt = chat_prompt_ids(bundle.tokenizer, 0)
     run_single(engine, prompt, 8)  # warm-up
     decode = median([run_single(engine, prompt, args.max_tokens).decode_tok_s for _ in range(args.repeats)])
@@ -102,5 +114,6 @@ def run(args: argparse.Namespace) -> BenchResult:
     result.rows.append({"what": "specserve, no speculation", "decode_tok_s": decode,
                         "of_roofline": decode / bound})
     result.extra.update(fields)
-    result.extra["bandwidth_after_gb_s"] = round(measure_bandwidth(args.bandwidth_mib << 20).read_gb_s, 2)
+    after = measure_bandwidth(args.bandwidth_mib << 20, device=args.device)
+    result.extra["bandwidth_after_gb_s"] = round(after.read_gb_s, 2)
     return result.finish(args)

@@ -51,7 +51,8 @@ class ControlChannel:
         header = torch.zeros(HEADER_LEN, dtype=torch.long)
         header[0] = int(command)
         header[1] = payload.numel()
-        header[2:2 + len(meta)] = torch.tensor(meta, dtype=torch.long)
+        if meta:
+            header[2:2 + len(meta)] = torch.tensor(meta, dtype=torch.long)
         dist.broadcast(header, src=0, group=self.tp.control_group)
         if payload.numel():
             dist.broadcast(payload.contiguous(), src=0, group=self.tp.control_group)

@@ -169,7 +169,9 @@ class LLMEngine:
             results = self.runner.execute(sched)
             if self.runner.spec is not None:
                 self.runner.spec.policy.observe_step(sched.num_batched_tokens, time.perf_counter() - started)
-        except Exception:
+        except Exception as exc:
+            if getattr(exc, "fatal", False):  # the runner cannot go on (e.g. a tensor-parallel worker died)
+                raise
             logger.exception("model step failed; failing the %d scheduled requests", len(sched.scheduled))
             for item in sched.scheduled:
                 self.scheduler.finish_request(item.request_id, RequestStatus.FINISHED_ERROR)

@@ -78,6 +78,12 @@ def load_bundle(model: str | None, dtype: str = "float32", device: str = "cpu",
 
 
 def load_engine_model(config: EngineConfig, bundle: ModelBundle | None = None) -> LoadedModel:
+    if config.tensor_parallel_size > 1:
+        if bundle is not None:
+            raise ValueError("a shared model bundle cannot be used with tensor parallelism (each rank loads its shard)")
+        from specserve.distributed.launcher import load_tensor_parallel_model
+
+        return load_tensor_parallel_model(config)
     if bundle is None:
         bundle = load_bundle(config.model, config.dtype, config.device)
     elif bundle.dtype != torch_dtype(config.dtype):

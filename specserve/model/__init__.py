@@ -1,4 +1,4 @@
-"""Model package: Llama-family decoders on a paged KV cache, config parsing, loading and GGUF import."""
+"""Model package: Llama-family and GPTBigCode decoders on a paged KV cache, config, loading, GGUF import."""
 
 from __future__ import annotations
 

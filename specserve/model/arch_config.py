@@ -2,8 +2,8 @@
 
 Family differences (Llama, Mistral, Qwen2, Granite) become plain fields here so one implementation
 serves them all. GPTBigCode (StarCoder, Granite code 20B/34B) has its own key names and is read by
-`_gpt_bigcode`; its class (model/gpt_bigcode.py) ignores the rope fields. Defaults follow the transformers config classes, because `save_pretrained` may omit
-keys that equal them.
+`_gpt_bigcode`; its class (model/gpt_bigcode.py) ignores the rope fields. Defaults follow the
+transformers config classes, because `save_pretrained` may omit keys that equal them.
 """
 
 from __future__ import annotations

@@ -96,10 +96,26 @@ def run_server(engine_args: dict[str, Any], host: str = "127.0.0.1", port: int =
     config = uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=5, access_log=False)
     server = DrainingServer(config, state, drain_timeout, announce)
+    failures: list[BaseException] = []
+    add_failure_callback = getattr(engine.runner, "add_failure_callback", None)
+    if add_failure_callback is not None:  # tensor parallelism: a dead worker stops the server
+
+        def on_failure(exc: BaseException) -> None:
+            failures.append(exc)
+            async_engine.error = async_engine.error or exc  # /health answers 503 from now on
+            server.should_exit = True
+
+        add_failure_callback(on_failure)
     try:
         server.run()
     finally:
         async_engine.shutdown()
+        shutdown_runner = getattr(engine.runner, "shutdown", None)
+        if shutdown_runner is not None:
+            shutdown_runner()
+    if failures:
+        print(f"specserve: error: {failures[0]}", file=sys.stderr)
+        return 1
     if not server.started:
         print(f"specserve: error: could not start the server on {host}:{port}", file=sys.stderr)
         return 2

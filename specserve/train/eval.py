@@ -28,8 +28,13 @@ def evaluate_speculator(args: argparse.Namespace) -> dict[str, Any]:
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     common = dict(bundle=bundle, kv_cache_memory="512MiB", max_num_seqs=max(args.batch_size, 1),
                   enable_prefix_caching=False)
+    if not args.speculator:
+        raise ValueError("--speculator is required")
     engines: dict[str, Any] = {"plain": LLM(**common)}
-    counts = args.num_candidates or [None]
+    # default: a single chain and the speculator's own tree, side by side
+    counts = [args.num_candidates] if args.num_candidates else [1, None]
+    if args.speculator == "ngram":
+        counts = counts[:1]
     for cands in counts:
         name = "spec" if cands is None else f"spec_c{cands}"
         engines[name] = LLM(**common, speculator=args.speculator, speculation="on", num_candidates=cands)

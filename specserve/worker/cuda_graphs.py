@@ -69,7 +69,8 @@ class DecodeBuffers:
         self.input_ids = torch.zeros(b, dtype=torch.long, device=device)
         self.positions = torch.zeros(b, dtype=torch.long, device=device)
         self.slot_mapping = torch.full((b,), scratch_block * block_size, dtype=torch.long, device=device)
-        self.block_tables = torch.full((b, max_blocks_per_req), scratch_block, dtype=torch.long, device=device)
+        self.block_tables = torch.full((b, max_blocks_per_req), scratch_block, dtype=torch.long,
+                                       device=device)
         self.seq_lens = torch.ones(b, dtype=torch.int32, device=device)
 
     @property

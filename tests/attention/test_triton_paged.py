@@ -54,7 +54,8 @@ def make_case(requests: list[tuple[int, int, bool]], block_size: int, heads: tup
     for cached, new, use_tree in requests:
         length = cached + new
         blocks = [free.pop() for _ in range((length + block_size - 1) // block_size)]
-        all_slots = torch.tensor([blocks[p // block_size] * block_size + p % block_size for p in range(length)])
+        all_slots = torch.tensor([blocks[p // block_size] * block_size + p % block_size
+                                  for p in range(length)])
         write_kv(torch.randn(length, num_kv_heads, head_dim, generator=gen),
                  torch.randn(length, num_kv_heads, head_dim, generator=gen), k_cache, v_cache, all_slots)
         slots += all_slots[cached:].tolist()
@@ -69,8 +70,9 @@ def make_case(requests: list[tuple[int, int, bool]], block_size: int, heads: tup
         qsl.append(qsl[-1] + new)
     width = max(len(t) for t in tables)
     table = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long)
-    md = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=device), query_start_loc=qsl,
-                           seq_lens=seq_lens, block_tables=table.to(device), block_size=block_size,
+    md = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
+                           query_start_loc=qsl, seq_lens=seq_lens, block_tables=table.to(device),
+                           block_size=block_size,
                            custom_masks=masks if any(m is not None for m in masks) else [])
     return torch.cat(queries).to(device, dtype), k_cache.to(device, dtype), v_cache.to(device, dtype), md
 
@@ -168,7 +170,8 @@ def test_padded_decode_batch_matches_unpadded(tiny_llama_model) -> None:
     block_size, num_blocks = 4, 12
     shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
     gen = torch.Generator().manual_seed(0)
-    kv = [(torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)) for _ in range(arch.num_layers)]
+    kv = [(torch.randn(shape, generator=gen), torch.randn(shape, generator=gen))
+          for _ in range(arch.num_layers)]
     # three decoding requests with 6, 1 and 9 cached tokens on shuffled blocks
     tables, seq_lens = [[7, 2], [5], [0, 11, 3]], [7, 2, 10]
     positions = [s - 1 for s in seq_lens]
@@ -199,7 +202,8 @@ def test_padded_decode_batch_matches_unpadded(tiny_llama_model) -> None:
         q = torch.randn(4, arch.num_heads, arch.head_dim, generator=gen)
         k_cache, v_cache = kv[0]
         torch.testing.assert_close(triton_paged.triton_paged_attention(q, k_cache, v_cache, padded_md),
-                                   reference_paged_attention(q, k_cache, v_cache, padded_md), rtol=1e-5, atol=1e-5)
+                                   reference_paged_attention(q, k_cache, v_cache, padded_md),
+                                   rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +253,8 @@ def test_gpu_kernel_matches_reference(case: int, dtype: torch.dtype) -> None:
     q, k, v, md = make_case(requests, block_size, heads, head_dim, dtype=dtype, device="cuda", seed=case)
     rtol, atol = TOLERANCES[dtype]
     expected = reference_paged_attention(q, k, v, md)
-    torch.testing.assert_close(triton_paged.triton_paged_attention(q, k, v, md), expected, rtol=rtol, atol=atol)
+    got = triton_paged.triton_paged_attention(q, k, v, md)
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=atol)
     md.cache.clear()
     torch.testing.assert_close(paged_attention(q, k, v, md), expected, rtol=rtol, atol=atol)  # dispatch
     assert "triton_plan" in md.cache
@@ -264,7 +269,8 @@ def test_gpu_graph_replay_matches_eager(tiny_llama_model) -> None:
     arch = model.arch
     block_size, num_blocks = 4, 40
     shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
-    kv = [(torch.randn(shape, device="cuda"), torch.randn(shape, device="cuda")) for _ in range(arch.num_layers)]
+    kv = [(torch.randn(shape, device="cuda"), torch.randn(shape, device="cuda"))
+          for _ in range(arch.num_layers)]
     add_scratch_block(kv)
     runner = CudaGraphRunner(model, kv, block_size, num_blocks, max_batch_size=8, max_model_len=64)
     runner.capture()
@@ -272,7 +278,8 @@ def test_gpu_graph_replay_matches_eager(tiny_llama_model) -> None:
         tables = torch.randperm(num_blocks)[:n * 4].view(n, 4).cuda()
         seq_lens = [1 + (3 * i + 5 * step) % 16 for i in range(n)]  # 4 blocks of 4 per request
         positions = [s - 1 for s in seq_lens]
-        slots = [int(tables[i, p // block_size]) * block_size + p % block_size for i, p in enumerate(positions)]
+        slots = [int(tables[i, p // block_size]) * block_size + p % block_size
+                 for i, p in enumerate(positions)]
         md = AttentionMetadata(slot_mapping=torch.tensor(slots, device="cuda"),
                                query_start_loc=list(range(n + 1)), seq_lens=seq_lens, block_tables=tables,
                                block_size=block_size)

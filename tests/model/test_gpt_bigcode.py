@@ -124,7 +124,8 @@ def test_defaults_and_rejections() -> None:
 # ---- engine level: a tiny GPTBigCode with SmolLM2's tokenizer -------------------------------------
 
 PROMPTS = [
-    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\ndef fib",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\n"
+    "def fib",
     "import numpy as np\n\nx = np.",
     "1, 2, 3, 4, 5, 6, 7, 8,",
     "Hello",
@@ -138,8 +139,8 @@ def bigcode_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     smollm = resolve_model_dir(None)  # the default model's folder, for its tokenizer files only
     tokenizer = Tokenizer.from_dir(smollm)
     out = tmp_path_factory.mktemp("tiny-bigcode")
-    save_tiny_bigcode(out, vocab_size=tokenizer.vocab_size, n_positions=1024, eos_token_id=tokenizer.eos_token_id,
-                      bos_token_id=1)
+    save_tiny_bigcode(out, vocab_size=tokenizer.vocab_size, n_positions=1024,
+                      eos_token_id=tokenizer.eos_token_id, bos_token_id=1)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (smollm / name).exists():
             shutil.copy(smollm / name, out / name)
@@ -181,7 +182,8 @@ def ibm_accelerator_dir(tmp_path_factory: pytest.TempPathFactory, bigcode_bundle
     tensors: dict[str, torch.Tensor] = {}
     for i in range(n_predict):
         tensors[f"speculator.emb.{i}.weight"] = torch.randn(vocab, inner, generator=g) * 0.1
-        tensors[f"speculator.proj.{i}.weight"] = torch.randn(inner, emb_dim if i == 0 else inner, generator=g) * 0.1
+        in_dim = emb_dim if i == 0 else inner
+        tensors[f"speculator.proj.{i}.weight"] = torch.randn(inner, in_dim, generator=g) * 0.1
         tensors[f"speculator.head.{i}.weight"] = torch.randn(vocab, inner, generator=g) * 0.1
         tensors[f"speculator.ln.{i}.weight"] = 1 + torch.randn(inner, generator=g) * 0.1
         tensors[f"speculator.ln.{i}.bias"] = torch.randn(inner, generator=g) * 0.1
@@ -198,8 +200,9 @@ def ibm_accelerator_dir(tmp_path_factory: pytest.TempPathFactory, bigcode_bundle
 @pytest.fixture(scope="module")
 def random_mlp_dir(tmp_path_factory: pytest.TempPathFactory, bigcode_bundle) -> Path:
     arch = bigcode_bundle.arch
-    model = MLPSpeculator(MLPSpeculatorConfig(emb_dim=arch.hidden_size, vocab_size=arch.vocab_size, n_predict=3,
-                                              inner_dim=32, top_k_tokens_per_head=(3, 2, 2), n_candidates=4))
+    model = MLPSpeculator(MLPSpeculatorConfig(emb_dim=arch.hidden_size, vocab_size=arch.vocab_size,
+                                              n_predict=3, inner_dim=32, top_k_tokens_per_head=(3, 2, 2),
+                                              n_candidates=4))
     model.reset_parameters(torch.Generator().manual_seed(0))
     out = tmp_path_factory.mktemp("bigcode-mlp")
     save_mlp_speculator(model, out)

@@ -17,7 +17,7 @@ def test_eval_reports_acceptance_and_identical_outputs(tiny_llama_dir: Path, tmp
                                       "--prompts", str(prompts), "--max-tokens", "16", "--threads", "1"])
     assert isinstance(args, argparse.Namespace)
     report = evaluate_speculator(args)
-    run = report["runs"]["spec"]
+    run = report["runs"]["spec_c1"]
     assert run["outputs_identical"] and report["generated_tokens"] > 0
     assert "spec_accepted_length_histogram" in run and report["plain_tok_s"] > 0
     assert "identical outputs: True" in print_report(report)
