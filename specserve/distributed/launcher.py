@@ -25,9 +25,16 @@ from torch import nn
 
 from specserve.config import EngineConfig
 from specserve.distributed.driver import TPModelRunner
-from specserve.distributed.parallel_state import (TensorParallel, TensorParallelError, backend_for,
-                                                  check_cuda_devices, destroy_tensor_parallel,
-                                                  init_tensor_parallel, shard_arch, torchrun_env)
+from specserve.distributed.parallel_state import (
+    TensorParallel,
+    TensorParallelError,
+    backend_for,
+    check_cuda_devices,
+    destroy_tensor_parallel,
+    init_tensor_parallel,
+    shard_arch,
+    torchrun_env,
+)
 from specserve.distributed.worker import RankSpec, handshake, load_rank, worker_main
 from specserve.engine.model_setup import LoadedModel, ModelBundle
 from specserve.model.loader import read_arch_config, resolve_model_dir, weight_files

@@ -17,8 +17,14 @@ import torch.distributed as dist
 from torch import nn
 
 from specserve.distributed.layers import enable_row_major_row_parallel
-from specserve.distributed.parallel_state import (DEFAULT_TIMEOUT_S, TensorParallel, TensorParallelError,
-                                                  destroy_tensor_parallel, init_tensor_parallel, torchrun_env)
+from specserve.distributed.parallel_state import (
+    DEFAULT_TIMEOUT_S,
+    TensorParallel,
+    TensorParallelError,
+    destroy_tensor_parallel,
+    init_tensor_parallel,
+    torchrun_env,
+)
 from specserve.distributed.protocol import Command, ControlChannel, unpack_pairs, unpack_step
 from specserve.distributed.shard_loading import load_sharded_model
 from specserve.model.row_major import enable_row_major_decode

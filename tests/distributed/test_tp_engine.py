@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tp_helpers import VOCAB
 
 from specserve import LLM, SamplingParams
 from specserve.config import SpecConfig
@@ -16,7 +17,6 @@ from specserve.spec.draft_tree import DraftTree
 from specserve.spec.factory import build_spec_decoder
 from specserve.spec.policy import SpeculationPolicy
 from specserve.spec.proposer import ProposalRequest
-from tp_helpers import VOCAB
 
 PROMPTS = [[5, 9, 3, 17, 2, 5, 9, 3], [40, 41, 8, 8, 30, 12, 7], [11, 12, 13, 11, 12, 13, 11, 12, 13, 11, 12]]
 PARAMS = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)

@@ -13,8 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from specserve.model import ModelLoadError, default_model_gguf, load_model, resolve_model_dir
-from specserve.model import loader
+from specserve.model import ModelLoadError, default_model_gguf, load_model, loader, resolve_model_dir
 from specserve.tokenizer import Tokenizer
 
 CPU = torch.device("cpu")

@@ -15,7 +15,6 @@ from specserve.sample import (
 )
 from specserve.sampling_params import SamplingParams
 
-
 DEVICES = [
     "cpu",
     pytest.param(
