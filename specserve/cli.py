@@ -66,6 +66,9 @@ def run_torchrun_worker(args: argparse.Namespace) -> int | None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = build_engine_config(**engine_kwargs(args))
+    if config.tensor_parallel_size != env[1]:
+        raise ValueError(f"--tensor-parallel-size is {config.tensor_parallel_size} but the launcher started "
+                         f"{env[1]} processes")
     return run_worker(rank_spec(config, resolve_model_dir(config.model)))
 
 

@@ -15,7 +15,13 @@ REPO = Path(__file__).resolve().parent.parent
 # Imported GGUF models are reused across runs (CI starts from a clean clone anyway).
 os.environ.setdefault("SPECSERVE_HOME", str(REPO / ".cache" / "specserve"))
 
+import torch  # noqa: E402
+
 from specserve.engine.engine import LLMEngine  # noqa: E402
+
+# One intra-op thread: the suite runs engine threads, servers and clients side by side on two cores,
+# where multi-threaded kernels stall waiting for a descheduled worker (measured: up to 25x slower).
+torch.set_num_threads(1)
 
 _engines: weakref.WeakSet[LLMEngine] = weakref.WeakSet()
 _original_init = LLMEngine.__init__

@@ -67,6 +67,8 @@ class WorkerProcesses:
 
     def dead_message(self) -> str | None:
         for rank, process in enumerate(self.processes, start=1):
+            if process.sentinel in multiprocessing.connection.wait([process.sentinel], timeout=0):
+                process.join(1.0)  # its pipe closes a moment before its exit status can be read
             code = process.exitcode
             if code is not None:
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"

@@ -99,7 +99,10 @@ class TPWorker:
     @torch.inference_mode()
     def run(self) -> None:
         while True:
-            message = self.channel.receive()
+            try:
+                message = self.channel.receive()
+            except RuntimeError as exc:
+                raise TensorParallelError(f"lost rank 0 ({str(exc).splitlines()[0][:160]})") from exc
             if message.command == Command.STEP:
                 input_ids, positions, md = unpack_step(message.payload, message.meta, self.tp.device)
                 self.model(input_ids, positions, self.kv_caches, md)
@@ -126,13 +129,15 @@ class TPWorker:
 
 def serve_rank(tp: TensorParallel, spec: RankSpec) -> None:
     """Load, agree with the other ranks, then run the loop (ranks > 0)."""
+    model: nn.Module | None = None
     error: str | None = None
     num_blocks = 0
     try:
         model, num_blocks = load_rank(tp, spec)
     except Exception as exc:  # reported through the handshake, so rank 0 can say which rank and why
         error = f"{type(exc).__name__}: {exc}"
-    num_blocks = handshake(tp, error, num_blocks)
+    num_blocks = handshake(tp, error, num_blocks)  # raises if any rank failed
+    assert model is not None
     kv = allocate_kv(model, num_blocks, spec.block_size, torch_dtype(spec.dtype), tp.device)
     TPWorker(model, tp, kv).run()
 

@@ -8,6 +8,10 @@ gives one KV head per query head). The LM head is tied to wte unless the config 
 c_attn rows are kept as [Q | K | V]. That is the checkpoint layout for multi-query models;
 multi-head checkpoints interleave per head ([q_h k_h v_h] for each head h) and are reordered at
 load time, so forward has a single split either way.
+
+Tensor parallelism (``tp``) works as in llama.py: each rank is built at its own shape (its heads, MLP
+columns and vocabulary rows; the one KV head of a multi-query model is replicated), both c_proj layers
+all-reduce, wte is vocabulary-parallel and wpe replicated.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from torch import nn
 
 from specserve.attention.metadata import AttentionMetadata
 from specserve.attention.paged import paged_attention, write_kv
+from specserve.distributed.layers import embedding, linear
+from specserve.distributed.parallel_state import TensorParallel, shard_arch
 from specserve.model.arch_config import ModelArchConfig
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # each [num_blocks, block_size, num_kv_heads, head_dim]
@@ -30,7 +36,7 @@ _SKIPPED_NAMES = ("transformer.bias", "transformer.masked_bias")
 
 
 class GPTBigCodeAttention(nn.Module):
-    def __init__(self, arch: ModelArchConfig) -> None:
+    def __init__(self, arch: ModelArchConfig, tp: TensorParallel | None = None) -> None:
         super().__init__()
         self.num_heads = arch.num_heads
         self.num_kv_heads = arch.num_kv_heads
@@ -39,7 +45,7 @@ class GPTBigCodeAttention(nn.Module):
         self.kv_size = arch.kv_size
         self.scale = arch.attn_scale
         self.c_attn = nn.Linear(arch.hidden_size, arch.q_size + 2 * arch.kv_size)
-        self.c_proj = nn.Linear(arch.q_size, arch.hidden_size)
+        self.c_proj = linear(arch.q_size, arch.hidden_size, True, tp, row_parallel=True)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache, md: AttentionMetadata) -> torch.Tensor:
         qkv = self.c_attn(x)  # [num_tokens, q_size + 2 * kv_size]
@@ -54,10 +60,10 @@ class GPTBigCodeAttention(nn.Module):
 
 
 class GPTBigCodeMLP(nn.Module):
-    def __init__(self, arch: ModelArchConfig) -> None:
+    def __init__(self, arch: ModelArchConfig, tp: TensorParallel | None = None) -> None:
         super().__init__()
         self.c_fc = nn.Linear(arch.hidden_size, arch.intermediate_size)
-        self.c_proj = nn.Linear(arch.intermediate_size, arch.hidden_size)
+        self.c_proj = linear(arch.intermediate_size, arch.hidden_size, True, tp, row_parallel=True)
         # "gelu" is the exact erf form; gelu_pytorch_tanh, gelu_new and gelu_fast are the tanh form.
         self.approximate = "none" if arch.hidden_act == "gelu" else "tanh"
 
@@ -66,12 +72,12 @@ class GPTBigCodeMLP(nn.Module):
 
 
 class GPTBigCodeBlock(nn.Module):
-    def __init__(self, arch: ModelArchConfig) -> None:
+    def __init__(self, arch: ModelArchConfig, tp: TensorParallel | None = None) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(arch.hidden_size, eps=arch.rms_norm_eps)
-        self.attn = GPTBigCodeAttention(arch)
+        self.attn = GPTBigCodeAttention(arch, tp)
         self.ln_2 = nn.LayerNorm(arch.hidden_size, eps=arch.rms_norm_eps)
-        self.mlp = GPTBigCodeMLP(arch)
+        self.mlp = GPTBigCodeMLP(arch, tp)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache, md: AttentionMetadata) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), kv_cache, md)
@@ -79,22 +85,24 @@ class GPTBigCodeBlock(nn.Module):
 
 
 class GPTBigCodeModel(nn.Module):
-    def __init__(self, arch: ModelArchConfig) -> None:
+    def __init__(self, arch: ModelArchConfig, tp: TensorParallel | None = None) -> None:
         super().__init__()
-        self.wte = nn.Embedding(arch.vocab_size, arch.hidden_size)
+        self.wte = embedding(arch.vocab_size, arch.hidden_size, tp)
         self.wpe = nn.Embedding(arch.max_position_embeddings, arch.hidden_size)
-        self.h = nn.ModuleList(GPTBigCodeBlock(arch) for _ in range(arch.num_layers))
+        self.h = nn.ModuleList(GPTBigCodeBlock(arch, tp) for _ in range(arch.num_layers))
         self.ln_f = nn.LayerNorm(arch.hidden_size, eps=arch.rms_norm_eps)
 
 
 class GPTBigCodeForCausalLM(nn.Module):
-    def __init__(self, arch: ModelArchConfig) -> None:
+    def __init__(self, arch: ModelArchConfig, tp: TensorParallel | None = None) -> None:
         super().__init__()
         self.arch = arch
-        self.transformer = GPTBigCodeModel(arch)
+        self.tp = tp
+        self.local_arch = local = arch if tp is None else shard_arch(arch, tp.world_size)  # this rank's shape
+        self.transformer = GPTBigCodeModel(local, tp)
         # Tied models keep no lm_head: logits use wte itself.
         self.lm_head = (None if arch.tie_word_embeddings
-                        else nn.Linear(arch.hidden_size, arch.vocab_size, bias=False))
+                        else nn.Linear(arch.hidden_size, local.vocab_size, bias=False))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                 md: AttentionMetadata) -> torch.Tensor:
@@ -109,7 +117,10 @@ class GPTBigCodeForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [R, hidden] -> float32 logits [R, vocab]."""
-        return F.linear(hidden, self.get_output_embeddings()).float()
+        logits = F.linear(hidden, self.get_output_embeddings())
+        if self.tp is not None:
+            logits = self.tp.all_gather_last_dim(logits)  # [R, vocab / N] on each rank -> [R, vocab]
+        return logits.float()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.transformer.wte
@@ -131,7 +142,7 @@ class GPTBigCodeForCausalLM(nn.Module):
             if name not in params:
                 raise ValueError(f"unexpected weight {name!r}")
             param = params[name]
-            if ".attn.c_attn." in name and self.arch.num_kv_heads > 1 and tensor.shape == param.shape:
+            if ".attn.c_attn." in name and self.local_arch.num_kv_heads > 1 and tensor.shape == param.shape:
                 tensor = self._heads_to_qkv(tensor)
             if tensor.shape != param.shape:
                 raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, "
@@ -144,7 +155,7 @@ class GPTBigCodeForCausalLM(nn.Module):
 
     def _heads_to_qkv(self, tensor: torch.Tensor) -> torch.Tensor:
         """Multi-head c_attn rows [q_0 k_0 v_0 q_1 k_1 v_1 ...] -> [q_0 q_1 ... | k_0 ... | v_0 ...]."""
-        a = self.arch
+        a = self.local_arch
         rest = tensor.shape[1:]  # (hidden,) for the weight, () for the bias
         per_head = tensor.reshape(a.num_heads, 3, a.head_dim, *rest)
         return per_head.transpose(0, 1).reshape(3 * a.num_heads * a.head_dim, *rest)

@@ -49,3 +49,25 @@ def tp_qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import Qwen2Config
 
     return _save(Qwen2Config(**SHAPE, tie_word_embeddings=True), tmp_path_factory.mktemp("tp-qwen2"), 1)
+
+
+def _bigcode(out: Path, seed: int, **overrides: object) -> Path:
+    from transformers import GPTBigCodeConfig
+
+    config = GPTBigCodeConfig(n_embd=64, n_layer=2, n_head=4, n_inner=96, n_positions=256, vocab_size=VOCAB,
+                              bos_token_id=1, eos_token_id=0, **overrides)
+    config.architectures = ["GPTBigCodeForCausalLM"]
+    return _save(config, out, seed)
+
+
+@pytest.fixture(scope="session")
+def tp_bigcode_mqa_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Multi-query GPTBigCode (one KV head, replicated on both ranks), tied head."""
+    return _bigcode(tmp_path_factory.mktemp("tp-bigcode-mqa"), 2, multi_query=True)
+
+
+@pytest.fixture(scope="session")
+def tp_bigcode_mha_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Multi-head GPTBigCode (c_attn interleaved per head), untied head, exact GELU."""
+    return _bigcode(tmp_path_factory.mktemp("tp-bigcode-mha"), 3, multi_query=False, tie_word_embeddings=False,
+                    activation_function="gelu")

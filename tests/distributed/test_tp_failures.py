@@ -21,6 +21,7 @@ from specserve import LLM, SamplingParams
 from specserve.distributed.parallel_state import TensorParallelError, backend_for, shard_arch
 from specserve.model.loader import read_arch_config
 
+REPO = Path(__file__).resolve().parents[2]
 FAILURE_BOUND_S = 30.0
 PARAMS = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
 
@@ -75,7 +76,7 @@ def test_killed_worker_stops_the_server(tp_llama_dir: Path, tmp_path: Path) -> N
         server = subprocess.Popen(
             [sys.executable, "-m", "specserve.cli", "serve", "--model", str(tp_llama_dir), "--port", str(port),
              "--tensor-parallel-size", "2", "--kv-cache-memory", "1MiB", "--threads", "1"],
-            stdout=out, stderr=subprocess.STDOUT)
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         deadline = time.monotonic() + 120
         pid = None

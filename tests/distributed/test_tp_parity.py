@@ -1,4 +1,5 @@
-"""Logits of a 2-rank gloo group against the single-process model on the same random weights."""
+"""Logits of a 2-rank gloo group against the single-process model on the same random weights: Llama (GQA,
+untied), Qwen2 (q/k/v biases, tied), GPTBigCode multi-query (replicated KV head) and multi-head."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).abs().max() / want.abs().max())
 
 
-def test_two_rank_logits_match_single_process(tp_llama_dir: Path, tp_qwen2_dir: Path, tmp_path: Path) -> None:
-    dirs = [tp_llama_dir, tp_qwen2_dir]
+def test_two_rank_logits_match_single_process(tp_llama_dir: Path, tp_qwen2_dir: Path, tp_bigcode_mqa_dir: Path,
+                                              tp_bigcode_mha_dir: Path, tmp_path: Path) -> None:
+    dirs = [tp_llama_dir, tp_qwen2_dir, tp_bigcode_mqa_dir, tp_bigcode_mha_dir]
     mp.start_processes(parity_child, args=(WORLD_SIZE, free_port(), [str(d) for d in dirs], str(tmp_path)),
                        nprocs=WORLD_SIZE, join=True, start_method="spawn")
     for i, model_dir in enumerate(dirs):
@@ -26,4 +28,5 @@ def test_two_rank_logits_match_single_process(tp_llama_dir: Path, tp_qwen2_dir: 
         want = run_steps(model)
         got = torch.load(tmp_path / f"logits{i}.pt")
         assert got.shape == want.shape
-        assert relative_error(got, want) < 1e-4, model_dir.name
+        error = relative_error(got, want)
+        assert error < 1e-4, f"{model_dir.name}: relative error {error:.2e}"
