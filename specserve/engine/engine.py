@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,8 +17,9 @@ import torch
 from specserve.config import EngineConfig
 from specserve.core.kv_cache_manager import KVCacheManager
 from specserve.core.scheduler import Scheduler
-from specserve.detokenizer import IncrementalDetokenizer, find_stop, stop_holdback
+from specserve.detokenizer import IncrementalDetokenizer
 from specserve.engine.model_setup import ModelBundle, load_engine_model
+from specserve.engine.sequence import RequestGroup, SequenceState
 from specserve.outputs import CompletionOutput, RequestOutput
 from specserve.request import Request, RequestStatus
 from specserve.sampling_params import SamplingParams
@@ -27,41 +27,6 @@ from specserve.sampling_params import SamplingParams
 logger = logging.getLogger(__name__)
 
 PromptInput = str | list[int] | dict[str, Any]
-
-
-@dataclass
-class _Sequence:
-    """Engine-side state of one child sequence (the scheduler owns the Request)."""
-
-    request: Request
-    index: int
-    detokenizer: IncrementalDetokenizer
-    visible_len: int = 0  # chars of text already released to the caller
-    logprobs: list[Any] = field(default_factory=list)
-    cumulative_logprob: float = 0.0
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-    emitted_tokens: int = 0
-    text_limit: int | None = None  # where a matched stop string cut the text
-
-    @property
-    def text(self) -> str:
-        full = self.detokenizer.text
-        return full if self.text_limit is None else full[:self.text_limit]
-
-
-@dataclass
-class _Group:
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    sequences: list[_Sequence]
-    arrival_time: float = field(default_factory=time.monotonic)
-
-    @property
-    def finished(self) -> bool:
-        return all(s.finish_reason is not None for s in self.sequences)
 
 
 class LLMEngine:
@@ -74,8 +39,8 @@ class LLMEngine:
                                  self.config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(self.config.scheduler, self.kv)
         self.runner = self.m.runner
-        self.groups: dict[str, _Group] = {}
-        self.seq_by_child: dict[str, tuple[_Group, _Sequence]] = {}
+        self.groups: dict[str, RequestGroup] = {}
+        self.seq_by_child: dict[str, tuple[RequestGroup, SequenceState]] = {}
         self.num_steps = 0
         self.num_generated_tokens = 0
         self._pending_outputs: list[RequestOutput] = []
@@ -116,8 +81,8 @@ class LLMEngine:
             child_id = request_id if params.n == 1 else f"{request_id}#{index}"
             request = Request(child_id, ids, child_params, frozenset(self.m.eos_token_ids), self.max_model_len)
             detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
-            sequences.append(_Sequence(request, index, detok))
-        group = _Group(request_id, text, ids, params, sequences)
+            sequences.append(SequenceState(request, index, detok))
+        group = RequestGroup(request_id, text, ids, params, sequences)
         self.groups[request_id] = group
         for seq in sequences:
             self.seq_by_child[seq.request.request_id] = (group, seq)
@@ -204,14 +169,14 @@ class LLMEngine:
                 self._forget(group)
         return outputs
 
-    def _forget(self, group: _Group) -> None:
+    def _forget(self, group: RequestGroup) -> None:
         self.groups.pop(group.request_id, None)
         for seq in group.sequences:
             self.seq_by_child.pop(seq.request.request_id, None)
         # Free the runner's per-request state now, not at the next step (the engine may go idle).
         self.runner.release([seq.request.request_id for seq in group.sequences])
 
-    def _make_output(self, group: _Group, new_by_child: dict[str, list[int]]) -> RequestOutput:
+    def _make_output(self, group: RequestGroup, new_by_child: dict[str, list[int]]) -> RequestOutput:
         completions = []
         for seq in group.sequences:
             new_tokens = new_by_child.get(seq.request.request_id, [])
@@ -220,51 +185,20 @@ class LLMEngine:
         return RequestOutput(
             request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_token_ids,
             outputs=completions, finished=group.finished,
-            num_cached_tokens=first.num_cached_prompt_tokens, metrics=self._metrics(group))
+            num_cached_tokens=first.num_cached_prompt_tokens, metrics=group.metrics())
 
-    def _advance_sequence(self, seq: _Sequence, new_tokens: list[int]) -> CompletionOutput:
-        request = seq.request
-        stops = request.params.stop or []
-        delta_ids = new_tokens
-        if new_tokens and stops and seq.finish_reason is None:
-            # Token by token, so that nothing after the stop string's token is emitted (several
-            # tokens arrive at once under speculation).
-            for count, token_id in enumerate(new_tokens, start=1):
-                before = len(seq.text)
-                seq.detokenizer.push([token_id])
-                hit = find_stop(seq.text, len(seq.text) - before, stops)
-                if hit is not None:
-                    self._stop_at(seq, hit, num_dropped=len(new_tokens) - count)
-                    delta_ids = new_tokens[:count]
-                    break
-        elif new_tokens:
-            seq.detokenizer.push(new_tokens)
-        if seq.finish_reason is None and request.status.finished:
-            seq.finish_reason = request.status.value
-            if seq.stop_reason is None:
-                seq.stop_reason = request.stop_reason
-        text = seq.text
-        visible = len(text) if seq.finish_reason is not None else len(text) - stop_holdback(text, stops)
-        visible = max(visible, seq.visible_len)
-        delta_text = text[seq.visible_len:visible]
-        seq.visible_len = visible
-        seq.emitted_tokens += len(delta_ids)
-        output_ids = request.output_token_ids
-        logprobs = seq.logprobs if request.params.logprobs is not None else None
-        cumulative = None
-        if logprobs:
-            cumulative = float(sum(getattr(lp, "logprob", 0.0) for lp in logprobs))
-        return CompletionOutput(
-            index=seq.index, text=text[:visible], token_ids=output_ids, cumulative_logprob=cumulative,
-            logprobs=logprobs, finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
-            delta_text=delta_text, delta_token_ids=list(delta_ids))
+    def _advance_sequence(self, seq: SequenceState, new_tokens: list[int]) -> CompletionOutput:
+        kept, hit = seq.push(new_tokens)
+        if hit is not None:
+            self._stop_at(seq, hit, num_dropped=len(new_tokens) - len(kept))
+        if seq.finish_reason is None and seq.request.status.finished:
+            seq.mark_finished()
+        return seq.completion(kept)
 
-    def _stop_at(self, seq: _Sequence, hit: tuple[int, str], num_dropped: int) -> None:
+    def _stop_at(self, seq: SequenceState, hit: tuple[int, str], num_dropped: int) -> None:
         """A stop string matched: cut the text, drop later tokens, end the request."""
         request = seq.request
-        cut, stop = hit
-        seq.text_limit = cut + (len(stop) if request.params.include_stop_str_in_output else 0)
-        seq.stop_reason = stop
+        seq.apply_stop(hit)
         if not request.status.finished:
             self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED)
         request.status = RequestStatus.FINISHED_STOPPED
@@ -272,20 +206,6 @@ class LLMEngine:
             del request.token_ids[-num_dropped:]
             del seq.logprobs[request.num_output_tokens:]
             self.num_generated_tokens -= num_dropped
-
-    def _metrics(self, group: _Group) -> dict[str, Any]:
-        first = group.sequences[0].request
-        spec = first.spec
-        ttft = None if first.first_token_time is None else first.first_token_time - first.arrival_time
-        return {
-            "arrival_time": first.arrival_time,
-            "time_to_first_token": ttft,
-            "num_preemptions": sum(s.request.num_preemptions for s in group.sequences),
-            "spec_steps": spec.num_steps,
-            "spec_proposed_tokens": spec.num_proposed_tokens,
-            "spec_accepted_tokens": spec.num_accepted_tokens,
-            "mean_accepted_tokens_per_step": (spec.num_emitted_tokens / spec.num_steps) if spec.num_steps else None,
-        }
 
     # ---- introspection -----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
