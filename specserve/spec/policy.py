@@ -32,6 +32,9 @@ class Level:
         return f"d{self.depth}c{self.candidates}"
 
 
+MIN_RATE = 0.1  # accepted drafts per draft token below which a request stops speculating
+
+
 class StepCostModel:
     """Step seconds as a function of batched tokens, from observations."""
 
@@ -93,6 +96,9 @@ class SpeculationPolicy:
         self.cost = StepCostModel()
         self.global_stats = AcceptanceStats()
         self.request_stats: dict[str, AcceptanceStats] = {}
+        # Per request: EMA of accepted drafts per draft token, whatever the level. Requests below
+        # MIN_RATE sit out (no drafts) until their estimate is reset for a retry.
+        self.request_rate: dict[str, float] = {}
         self._step = 0
         self.last_level: Level = self.levels[-1]
 
@@ -103,9 +109,14 @@ class SpeculationPolicy:
     def observe_request(self, request_id: str, level: Level, emitted: int, num_nodes: int) -> None:
         self.global_stats.observe(level, emitted, num_nodes)
         self.request_stats.setdefault(request_id, AcceptanceStats(decay=0.8)).observe(level, emitted, num_nodes)
+        if num_nodes:
+            rate = (emitted - 1) / num_nodes
+            old = self.request_rate.get(request_id)
+            self.request_rate[request_id] = rate if old is None else 0.7 * old + 0.3 * rate
 
     def release(self, request_id: str) -> None:
         self.request_stats.pop(request_id, None)
+        self.request_rate.pop(request_id, None)
 
     # ---- decisions ---------------------------------------------------------------------------
     def expected(self, level: Level, request_id: str | None) -> tuple[float, float]:
@@ -126,9 +137,13 @@ class SpeculationPolicy:
         if self.mode == "on":
             return [self.levels[-1]] * len(request_ids)
         self._step += 1
+        if self._step % (4 * self.explore_every) == 0:
+            self.request_rate.clear()  # let requests that sat out try again
+        active = [rid for rid in request_ids if self.request_rate.get(rid, 1.0) >= MIN_RATE]
+        num_idle = len(request_ids) - len(active)
         best_level, best_rate = self.levels[0], -1.0
         for level in self.levels:
-            rate = self._goodput(level, request_ids, num_other_tokens)
+            rate = self._goodput(level, active, num_other_tokens + num_idle, num_idle)
             if rate is None:  # no cost data yet: speculate fully to learn
                 best_level = self.levels[-1]
                 break
@@ -139,16 +154,12 @@ class SpeculationPolicy:
             neighbour = index + 1 if (self._step // self.explore_every) % 2 else index - 1
             best_level = self.levels[min(max(neighbour, 0), len(self.levels) - 1)]
         self.last_level = best_level
-        # Requests whose own acceptance is poor at this level drop to no speculation.
-        chosen = []
-        for rid in request_ids:
-            emitted, nodes = self.expected(best_level, rid)
-            gain_per_node = (emitted - 1.0) / nodes if nodes else 0.0
-            chosen.append(best_level if best_level.depth == 0 or gain_per_node > 0.05 else self.levels[0])
-        return chosen
+        active_set = set(active)
+        return [best_level if rid in active_set else self.levels[0] for rid in request_ids]
 
-    def _goodput(self, level: Level, request_ids: list[str], num_other_tokens: int) -> float | None:
-        emitted_total, tokens = 0.0, num_other_tokens
+    def _goodput(self, level: Level, request_ids: list[str], num_other_tokens: int,
+                 num_idle: int = 0) -> float | None:
+        emitted_total, tokens = float(num_idle), num_other_tokens
         for rid in request_ids:
             emitted, nodes = self.expected(level, rid)
             emitted_total += emitted

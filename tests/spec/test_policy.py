@@ -1,0 +1,66 @@
+"""The adaptive policy speculates when compute is spare and stops when the machine is saturated."""
+
+from __future__ import annotations
+
+import pytest
+
+from specserve.spec.policy import Level, SpeculationPolicy, StepCostModel
+
+
+def train(policy: SpeculationPolicy, cost, accept_per_depth: float, batch: int, steps: int = 200) -> None:
+    """Feed the policy synthetic step times and acceptance at whatever levels it chooses."""
+    ids = [f"r{i}" for i in range(batch)]
+    for _ in range(steps):
+        levels = policy.choose(ids)
+        tokens = 0
+        for rid, level in zip(ids, levels):
+            nodes = level.depth * level.candidates
+            tokens += 1 + nodes
+            if level.depth:
+                emitted = 1 + sum(accept_per_depth ** d for d in range(1, level.depth + 1))
+                policy.observe_request(rid, level, round(emitted), nodes)
+        policy.observe_step(tokens, cost(tokens))
+
+
+def overhead_bound(n: int) -> float:  # one request's step barely grows with a few more tokens
+    return 0.050 + 0.0005 * n
+
+
+def compute_bound(n: int) -> float:  # many requests: time grows with every token
+    return 0.002 + 0.004 * n
+
+
+def test_speculates_at_low_load() -> None:
+    policy = SpeculationPolicy("auto", max_depth=3, max_candidates=3)
+    train(policy, overhead_bound, accept_per_depth=0.7, batch=1)
+    assert policy.choose(["r0"])[0].depth >= 2
+
+
+def test_stops_speculating_when_saturated() -> None:
+    policy = SpeculationPolicy("auto", max_depth=3, max_candidates=3, explore_every=10**9)
+    train(policy, compute_bound, accept_per_depth=0.3, batch=32)
+    assert policy.choose([f"r{i}" for i in range(32)])[0] == Level(0, 1)
+
+
+def test_poor_acceptance_request_drops_out() -> None:
+    policy = SpeculationPolicy("auto", max_depth=3, max_candidates=1, explore_every=10**9)
+    train(policy, overhead_bound, accept_per_depth=0.8, batch=2)
+    for _ in range(30):
+        policy.observe_request("bad", Level(3, 1), 1, 3)  # never accepts anything
+    levels = policy.choose(["r0", "bad"])
+    assert levels[0].depth > 0 and levels[1].depth == 0
+
+
+@pytest.mark.parametrize("mode, depth", [("on", 3), ("off", 0)])
+def test_forced_modes(mode: str, depth: int) -> None:
+    policy = SpeculationPolicy(mode, max_depth=3, max_candidates=2)
+    assert all(level.depth == depth for level in policy.choose(["a", "b"]))
+
+
+def test_cost_model_interpolates_and_extrapolates_pessimistically() -> None:
+    model = StepCostModel()
+    assert model.predict(10) is None
+    model.observe(1, 0.05)
+    model.observe(32, 0.2)
+    assert 0.05 <= model.predict(8) <= 0.2
+    assert model.predict(128) >= 0.2 * 128 / 32 * 0.9
