@@ -137,10 +137,10 @@ class TPModelRunner(ModelRunner):
             if locked and self.failure is None:
                 try:
                     self.channel.send(Command.SHUTDOWN)
-                except Exception as exc:  # a worker already gone: nothing left to tell
+                except Exception as exc:  # noqa: BLE001 - a worker already gone: nothing left to tell
                     logger.warning("tensor-parallel shutdown: %s", exc)
-            if self.workers is not None:
-                self.workers.join(timeout)
+            if self.workers is not None:  # after a failure the rest wait on a dead group: end them now
+                self.workers.join(timeout if self.failure is None else 0.0)
             if locked:
                 destroy_tensor_parallel()
         finally:

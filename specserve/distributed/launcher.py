@@ -112,7 +112,7 @@ def call_watched(fn: Callable[[], T], workers: WorkerProcesses, what: str) -> T:
     def target() -> None:
         try:
             result["value"] = fn()
-        except BaseException as exc:  # handed to the caller below
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
             result["error"] = exc
 
     thread = threading.Thread(target=target, daemon=True)
@@ -139,7 +139,7 @@ class FullEmbeddings:
 
         for file in self.files:
             with safe_open(str(file), framework="pt", device="cpu") as f:
-                for name in f.keys():
+                for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
                     if name.endswith(suffixes):
                         return f.get_tensor(name)
         raise TensorParallelError(f"no tensor named *{suffixes[0]} in the checkpoint")
@@ -184,17 +184,21 @@ def load_tensor_parallel_model(config: EngineConfig) -> LoadedModel:
     arch = read_arch_config(model_dir)
     shard_arch(arch, config.tensor_parallel_size)  # ValueError before any process starts
     backend_for(config.device)  # TensorParallelError when the backend is missing
+    tokenizer = Tokenizer.from_dir(model_dir)
     spec = rank_spec(config, model_dir)
     tp, workers = start_group(config, spec)
     try:
         error: str | None = None
         try:
             model, num_blocks = load_rank(tp, spec)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every rank learns of it through the handshake
             error, num_blocks = f"{type(exc).__name__}: {exc}", 0
             load_error: Exception = exc
-        handshake_fn = lambda: handshake(tp, error, num_blocks)  # noqa: E731
-        num_blocks = call_watched(handshake_fn, workers, "loading") if workers else handshake_fn()
+
+        def agree() -> int:
+            return handshake(tp, error, num_blocks)
+
+        num_blocks = call_watched(agree, workers, "loading") if workers else agree()
     except BaseException:
         if workers is not None:
             workers.join(5.0)
@@ -211,7 +215,7 @@ def load_tensor_parallel_model(config: EngineConfig) -> LoadedModel:
 
         workers.watch(on_death)
     try:
-        bundle = ModelBundle(model_dir, model, arch, Tokenizer.from_dir(model_dir), dtype, tp.device)
+        bundle = ModelBundle(model_dir, model, arch, tokenizer, dtype, tp.device)
         runner.eos_token_ids = bundle.eos_token_ids
         if config.spec.enabled:
             from specserve.spec.factory import build_spec_decoder

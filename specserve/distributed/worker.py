@@ -134,7 +134,7 @@ def serve_rank(tp: TensorParallel, spec: RankSpec) -> None:
     num_blocks = 0
     try:
         model, num_blocks = load_rank(tp, spec)
-    except Exception as exc:  # reported through the handshake, so rank 0 can say which rank and why
+    except Exception as exc:  # noqa: BLE001 - reported through the handshake: rank 0 says which rank and why
         error = f"{type(exc).__name__}: {exc}"
     num_blocks = handshake(tp, error, num_blocks)  # raises if any rank failed
     assert model is not None
@@ -149,7 +149,7 @@ def worker_main(rank: int, world_size: int, init_method: str, spec: RankSpec) ->
     try:
         tp = init_tensor_parallel(rank, world_size, spec.device, init_method, spec.timeout_s)
         serve_rank(tp, spec)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a worker's last word, then its exit status
         print(f"specserve: tensor-parallel rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
     destroy_tensor_parallel()
@@ -164,7 +164,7 @@ def run_torchrun_worker(spec: RankSpec) -> int:
     try:
         tp = init_tensor_parallel(rank, world_size, spec.device, "env://", spec.timeout_s, local_rank)
         serve_rank(tp, spec)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a worker's last word, then its exit status
         print(f"specserve: tensor-parallel rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
     destroy_tensor_parallel()

@@ -86,8 +86,11 @@ def prepare_phase1(cfg: TrainConfig, cache: Path) -> list[Path]:
     from specserve.engine.model_setup import load_bundle
 
     done = cache / "phase1" / "DONE"
-    if done.exists():
-        return sorted((cache / "phase1").glob("shard_*.pt"))
+    if done.exists():  # the shards are a prefix of one chunk list: keep those the token cap allows
+        num_chunks = json.loads(done.read_text())["chunks"]
+        if cfg.phase1_max_tokens:
+            num_chunks = min(num_chunks, cfg.phase1_max_tokens // cfg.chunk_len)
+        return sorted((cache / "phase1").glob("shard_*.pt"))[:-(-num_chunks // cfg.seqs_per_step)]
     bundle = load_bundle(cfg.model, cfg.phase1_dtype)
     docs = train_data.collect_documents([Path(p) for p in cfg.phase1_data] or None, cfg.phase1_max_chars, cfg.seed)
     tok = bundle.tokenizer

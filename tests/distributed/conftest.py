@@ -9,8 +9,9 @@ import pytest
 import torch
 from tp_helpers import VOCAB, write_word_tokenizer
 
-SHAPE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=256, eos_token_id=0, bos_token_id=1)
+SHAPE = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "vocab_size": VOCAB, "max_position_embeddings": 256, "eos_token_id": 0,
+         "bos_token_id": 1}
 
 
 @pytest.fixture(autouse=True, scope="module")

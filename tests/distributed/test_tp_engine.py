@@ -1,6 +1,7 @@
 """The engine on 2 gloo ranks gives exactly the single-process engine's greedy tokens, with and without
 speculation: n-gram chains, MLP-speculator trees (tree masks, borrowed full embedding and head on rank 0)
-and an oracle tree whose accepted path is not the first branch (KV moves on every rank)."""
+and an oracle tree whose accepted path is not the first branch (KV moves on every rank); n > 1 sampling;
+copy-on-write block copies on every rank."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from tp_helpers import VOCAB
 
 from specserve import LLM, SamplingParams
 from specserve.config import SpecConfig
+from specserve.core.outputs import ScheduledRequest, SchedulerOutput
+from specserve.request import Request
 from specserve.spec.decoder import SpecDecoder
 from specserve.spec.draft_tree import DraftTree
 from specserve.spec.factory import build_spec_decoder
@@ -20,7 +23,7 @@ from specserve.spec.proposer import ProposalRequest
 
 PROMPTS = [[5, 9, 3, 17, 2, 5, 9, 3], [40, 41, 8, 8, 30, 12, 7], [11, 12, 13, 11, 12, 13, 11, 12, 13, 11, 12]]
 PARAMS = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
-ENGINE_ARGS = dict(num_kv_blocks=64, block_size=4, max_num_batched_tokens=64)
+ENGINE_ARGS = {"num_kv_blocks": 64, "block_size": 4, "max_num_batched_tokens": 64}
 
 
 def greedy(llm: LLM) -> list[list[int]]:
@@ -100,3 +103,34 @@ def test_ngram(tp_llm: LLM, tp_llama_dir: Path, reference: list[list[int]]) -> N
 def test_no_speculation(tp_llm: LLM, reference: list[list[int]]) -> None:
     tp_llm.engine.runner.spec = None
     assert greedy(tp_llm) == reference
+
+
+
+
+def test_block_copies_reach_every_rank(tp_llm: LLM) -> None:
+    """Copy-on-write block copies run on all ranks: a decode step over copied blocks gives the logits of the
+    same step over the originals (the copy must hold each rank's own KV heads)."""
+    runner = tp_llm.engine.runner
+    prompt = PROMPTS[1]  # 7 tokens: two blocks of 4
+
+    def last_logits(block_ids: list[int], num_computed: int, token_ids: list[int]) -> torch.Tensor:
+        request = Request("copy-test", token_ids, SamplingParams(max_tokens=1), frozenset(), 256)
+        num_new = len(token_ids) - num_computed
+        step = SchedulerOutput([ScheduledRequest(request, num_computed, num_new, block_ids)], num_new, [], [])
+        with torch.inference_mode():
+            batch, hidden = runner.forward(step)
+            return runner.model.compute_logits(hidden[batch.last_rows])
+
+    last_logits([50, 51], 0, prompt)  # prefill into blocks the idle engine does not use
+    runner.copy_blocks([(50, 60), (51, 61)])
+    originals = last_logits([50, 51], len(prompt), prompt + [3])
+    copies = last_logits([60, 61], len(prompt), prompt + [3])
+    torch.testing.assert_close(copies, originals, rtol=0, atol=1e-6)
+
+
+
+def test_parallel_samples(tp_llm: LLM, reference: list[list[int]]) -> None:
+    tp_llm.engine.runner.spec = None
+    params = SamplingParams(n=2, temperature=0.0, max_tokens=20, ignore_eos=True)
+    outputs = tp_llm.generate([list(PROMPTS[1])], params)[0].outputs
+    assert [o.token_ids for o in outputs] == [reference[1], reference[1]]
