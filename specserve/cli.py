@@ -169,7 +169,7 @@ def cmd_train_speculator(args: argparse.Namespace) -> int:
         generate_dtype=args.generate_dtype, phase2_prompts=args.phase2_prompts or "",
         phase2_num_prompts=args.phase2_num_prompts, max_new_tokens=args.max_new_tokens,
         phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps, seqs_per_step=args.seqs_per_step,
-        lr=args.lr, seed=args.seed, resume=args.resume, only=args.only)
+        micro_batches=args.micro_batches, lr=args.lr, seed=args.seed, resume=args.resume, only=args.only)
     out = train(config)
     print(f"speculator written to {out}")
     return 0
@@ -203,7 +203,8 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--phase1-steps", type=int, default=120)
     train.add_argument("--phase2-steps", type=int, default=120)
     train.add_argument("--seqs-per-step", type=int, default=16)
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--micro-batches", type=int, default=4, help="optimizer updates per step")
+    train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--only", default="all", choices=["all", "data", "generate", "phase1-data"],

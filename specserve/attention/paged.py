@@ -125,6 +125,45 @@ class _BatchedPlan:
         self.out_rows = flat_rows
 
 
+def _short_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                           scale: float) -> torch.Tensor:
+    """Attention for a few queries per request, as two batched matmuls.
+
+    q [B, Q, H, D], k/v [B, Hkv, L, D], mask [B, 1, Q, L] or None -> [B, Q, H, D]. The query heads that
+    share a KV head are stacked as extra query rows, so K and V are read once per KV head. (CPU
+    SDPA's flash kernel spent over half of a 32-request bfloat16 decode step here; this is far faster.)
+    """
+    b, nq, h, d = q.shape
+    hkv = k.shape[1]
+    group = h // hkv
+    if nq == 1:  # plain decode: [B, 1, H, D] is already [B, Hkv, G, D] (head h = kv * group + g)
+        qg = q.view(b, hkv, group, d)
+    else:
+        qg = q.permute(0, 2, 1, 3).reshape(b, hkv, group * nq, d)
+    if mask is not None and nq > 1:
+        mask = mask.expand(b, group, nq, mask.shape[-1]).reshape(b, 1, group * nq, mask.shape[-1])
+    if b > 1 and hkv > 1:
+        # Per KV head, k[:, kv] is [B, L, D] with a row stride of Hkv*D: bmm reads it in place, where
+        # one 4-D matmul first copies all of K and V into [B*Hkv, L, D] (measured at 32 requests,
+        # float32, one thread: about 5% faster per step; no clear difference in bfloat16).
+        k3, v3 = k.transpose(1, 2), v.transpose(1, 2)  # [B, L, Hkv, D] views of the gathered slots
+        outs = []
+        for kv in range(hkv):
+            scores = torch.bmm(qg[:, kv], k3[:, :, kv].transpose(1, 2)).float() * scale  # [B, G*Q, L]
+            if mask is not None:
+                scores = scores.masked_fill(~mask[:, 0], float("-inf"))
+            outs.append(torch.bmm(torch.softmax(scores, dim=-1).to(v.dtype), v3[:, :, kv]))
+        out = torch.stack(outs, dim=1)  # [B, Hkv, G*Q, D]
+    else:
+        scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # [B, Hkv, G*Q, L]
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        out = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)  # [B, Hkv, G*Q, D]
+    if nq == 1:
+        return out.view(b, 1, h, d)
+    return out.view(b, h, nq, d).transpose(1, 2)
+
+
 def paged_attention(
     query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
     k_cache: torch.Tensor,
@@ -149,13 +188,13 @@ def paged_attention(
     if plan.short_reqs:
         b, max_q, max_len = plan.num_short, plan.max_q, plan.max_len
         if plan.identity:
-            q = query.view(b, max_q, num_heads, head_dim).transpose(1, 2)  # [B, H, max_q, D]
+            q = query.view(b, max_q, num_heads, head_dim)
         else:
-            q = query.index_select(0, plan.q_rows).view(b, max_q, num_heads, head_dim).transpose(1, 2)
+            q = query.index_select(0, plan.q_rows).view(b, max_q, num_heads, head_dim)
         k = flat_k.index_select(0, plan.slots).view(b, max_len, num_kv_heads, head_dim).transpose(1, 2)
         v = flat_v.index_select(0, plan.slots).view(b, max_len, num_kv_heads, head_dim).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, scale=scale, enable_gqa=gqa)
-        o = o.transpose(1, 2).reshape(b * max_q, num_heads, head_dim)
+        o = _short_query_attention(q, k, v, plan.mask, scale if scale is not None else head_dim ** -0.5)
+        o = o.reshape(b * max_q, num_heads, head_dim)
         if plan.identity:
             if not plan.long_reqs:
                 return o

@@ -59,8 +59,9 @@ class TrainConfig:
     generate_dtype: str = "bfloat16"  # answers only; their hidden states and labels come from float32
     phase1_steps: int = 120
     phase2_steps: int = 120
-    seqs_per_step: int = 16
-    lr: float = 1e-3
+    seqs_per_step: int = 16  # one cached shard per step
+    micro_batches: int = 4  # optimizer updates per step (a shard split by sequences): more updates, same compute
+    lr: float = 3e-3
     phase2_lr_scale: float = 0.5
     warmup_steps: int = 10
     stage_decay: float = 0.8
@@ -173,6 +174,32 @@ def build_speculator(cfg: TrainConfig, bundle: Any, vocab_map: torch.Tensor | No
     return model
 
 
+@torch.no_grad()
+def calibrate_head_scale(model: torch.nn.Module, batch: Any) -> float:
+    """Scale the MLP speculator's heads so first logits have unit spread (returns the factor).
+
+    The heads start as the base LM head's rows, which expect the base model's hidden states; the
+    speculator's GELU states have another scale, and unscaled the first losses are ~24 nats.
+    """
+    if not isinstance(model, MLPSpeculator):
+        return 1.0
+    factor = 1.0 / float(model(batch.hidden[:2], batch.token_ids[:2]).float().std())
+    for head in {id(h.weight): h for h in model.head}.values():
+        head.weight.mul_(factor)
+    return factor
+
+
+def merge_results(parts: list[Any]) -> Any:
+    """Label-weighted mean of the micro-batches' LossResults."""
+    from specserve.train.losses import LossResult
+
+    total = sum(p.num_labels for p in parts) or 1
+    mean = lambda key: [sum(getattr(p, key)[i] * p.num_labels for p in parts) / total  # noqa: E731
+                        for i in range(len(parts[0].stage_losses))]
+    loss = sum(p.loss.detach() * p.num_labels for p in parts) / total
+    return LossResult(loss, mean("stage_losses"), mean("stage_acc"), mean("chain_acc"), total)
+
+
 def lr_at(step: int, num_steps: int, cfg: TrainConfig, base_lr: float) -> float:
     if step < cfg.warmup_steps:
         return base_lr * (step + 1) / cfg.warmup_steps
@@ -242,6 +269,7 @@ def train(cfg: TrainConfig) -> Path:
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
     plan = schedule(cfg, shards1, train2)
+    head_scale = calibrate_head_scale(model, stage_batch(torch.load(plan[0][1]), cfg.n_predict, to_head))
     start, ckpt = 0, out / "checkpoint.pt"
     log_path = out / "log.jsonl"
     if cfg.resume and ckpt.exists():
@@ -266,15 +294,19 @@ def train(cfg: TrainConfig) -> Path:
                 group["lr"] = lr_at(step - first, num, cfg, base_lr)
             t0 = time.perf_counter()
             batch = stage_batch(torch.load(path), cfg.n_predict, to_head)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model(batch.hidden, batch.token_ids)
-            result = speculator_loss(logits, batch.labels, weights)
-            optim.zero_grad(set_to_none=True)
-            result.loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optim.step()
+            parts = []
+            for rows in torch.arange(batch.hidden.shape[0]).chunk(cfg.micro_batches):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    logits = model(batch.hidden[rows], batch.token_ids[rows])
+                part = speculator_loss(logits, batch.labels[:, rows], weights)
+                optim.zero_grad(set_to_none=True)
+                part.loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optim.step()
+                parts.append(part)
+            result = merge_results(parts)
             tok_s = result.num_labels / (time.perf_counter() - t0)
-            entry: dict[str, Any] = {"step": step + 1, "phase": phase, "loss": float(result.loss.detach()),
+            entry: dict[str, Any] = {"step": step + 1, "head_scale": head_scale, "phase": phase, "loss": float(result.loss.detach()),
                                      "stage_loss": result.stage_losses, "stage_acc": result.stage_acc,
                                      "chain_acc": result.chain_acc, "tok_s": tok_s, "time": time.time()}
             if val2 and ((step + 1) % cfg.eval_every == 0 or step + 1 == len(plan)):
