@@ -25,7 +25,7 @@ browser:
 	  echo "warning: could not install chromium; the browser test will be skipped"
 
 run: setup
-	$(VENV)/bin/specserve serve
+	$(VENV)/bin/specserve serve --speculator default
 
 chat: setup
 	$(VENV)/bin/specserve chat

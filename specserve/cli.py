@@ -164,7 +164,7 @@ def cmd_train_speculator(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads or 1)
     config = TrainConfig(
         out=args.out, model=args.model, arch=args.arch, n_predict=args.n_predict, inner_dim=args.inner_dim,
-        head_vocab_size=args.head_vocab, tie_weights=not args.no_tie, phase1_data=tuple(args.phase1_data or ()),
+        head_vocab_size=args.head_vocab, tie_weights=not args.no_tie, head_init=args.head_init, phase1_data=tuple(args.phase1_data or ()),
         phase1_max_chars=args.phase1_max_chars, phase1_max_tokens=args.phase1_max_tokens,
         generate_dtype=args.generate_dtype, phase2_prompts=args.phase2_prompts or "",
         phase2_num_prompts=args.phase2_num_prompts, max_new_tokens=args.max_new_tokens,
@@ -191,6 +191,8 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--n-predict", type=int, default=3)
     train.add_argument("--inner-dim", type=int, default=0, help="0 = the base hidden size (embedding borrowed)")
     train.add_argument("--head-vocab", type=int, default=8192, help="heads over the N most frequent tokens; 0 = all")
+    train.add_argument("--head-init", default="random", choices=["base", "random"],
+                       help="MLP heads start random (IBM's init, default) or as the base LM head's rows")
     train.add_argument("--no-tie", action="store_true", help="separate head/embedding/norm per stage")
     train.add_argument("--phase1-data", nargs="*", help="text files, folders or .jsonl {\"text\"} (default: offline docs)")
     train.add_argument("--phase1-max-chars", type=int, default=1_500_000, help="text read for phase 1")

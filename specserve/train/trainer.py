@@ -11,8 +11,8 @@ run resumes where it stopped; ``--resume`` also restores the speculator and opti
    sequences (float32), with the base model's greedy token at every position (see losses.py);
 3. head vocabulary: the ``head_vocab_size`` most frequent greedy tokens (phase-2 counts weigh 4x);
 4. training: ``phase1_steps`` then ``phase2_steps``, one shard per step, AdamW, warmup + cosine per
-   phase, bf16 autocast; the base embedding is frozen (it is borrowed, not stored), heads start from
-   the base LM head's rows and are trained;
+   phase, bf16 autocast; the base embedding is frozen (it is borrowed, not stored), heads start random
+   (``head_init="base"``: from the base LM head's rows, scaled; worse in our runs) and are trained;
 5. export: ``OUT/ibm`` (IBM accelerator format, float32) and ``OUT/compact`` (bf16, embeddings borrowed).
 """
 
@@ -48,6 +48,7 @@ class TrainConfig:
     inner_dim: int = 0  # 0 = the base model's hidden size (needed to borrow its embedding)
     head_vocab_size: int = 8192  # 0 = full vocabulary
     tie_weights: bool = True
+    head_init: str = "random"  # random (IBM's init; better in our runs) | base: the base LM head's rows
     phase1_data: tuple[str, ...] = ()  # empty = the machine's offline docs (see data.py)
     phase1_max_chars: int = 1_500_000
     phase1_max_tokens: int = 0  # 0 = every chunk; else the first chunks only (a prefix: cached shards stay valid)
@@ -166,7 +167,8 @@ def build_speculator(cfg: TrainConfig, bundle: Any, vocab_map: torch.Tensor | No
         with torch.no_grad():
             for i in range(cfg.n_predict):
                 if model.config.inner == emb.shape[1]:
-                    model.head[i].weight.copy_(rows)
+                    if cfg.head_init == "base":
+                        model.head[i].weight.copy_(rows)
                     model.emb[i].weight.copy_(emb)
                     model.emb[i].weight.requires_grad_(False)  # borrowed from the base model at load time
     if vocab_map is not None:
