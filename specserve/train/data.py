@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".html")
-SKIP_NAMES = re.compile(r"(licen[cs]e|copying|copyright|changelog|changes|authors|news|history)", re.I)
+SKIP_NAMES = re.compile(r"(licen[cs]e|copying|copyright|changelog|changes|authors|news|history)", re.IGNORECASE)
 MIN_CHARS = 200
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 

@@ -93,8 +93,7 @@ def write_prompt_files(out_dir: Path, seed: int = 0) -> tuple[int, int]:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, prompts in (("train", train), ("heldout", held)):
         with open(out_dir / f"prompts_{name}.jsonl", "w", encoding="utf-8") as f:
-            for p in prompts:
-                f.write(json.dumps({"prompt": p}) + "\n")
+            f.writelines(json.dumps({"prompt": p}) + "\n" for p in prompts)
     return len(train), len(held)
 
 

@@ -196,7 +196,7 @@ def merge_results(parts: list[Any]) -> Any:
     from specserve.train.losses import LossResult
 
     total = sum(p.num_labels for p in parts) or 1
-    mean = lambda key: [sum(getattr(p, key)[i] * p.num_labels for p in parts) / total  # noqa: E731
+    mean = lambda key: [sum(getattr(p, key)[i] * p.num_labels for p in parts) / total
                         for i in range(len(parts[0].stage_losses))]
     loss = sum(p.loss.detach() * p.num_labels for p in parts) / total
     return LossResult(loss, mean("stage_losses"), mean("stage_acc"), mean("chain_acc"), total)
@@ -234,7 +234,7 @@ def evaluate(model: torch.nn.Module, shards: list[Path], cfg: TrainConfig, to_he
         results.append(speculator_loss(logits, batch.labels, weights))
     model.train()
     total = sum(r.num_labels for r in results) or 1
-    avg = lambda key: [sum(getattr(r, key)[i] * r.num_labels for r in results) / total  # noqa: E731
+    avg = lambda key: [sum(getattr(r, key)[i] * r.num_labels for r in results) / total
                        for i in range(cfg.n_predict)]
     return {"stage_loss": avg("stage_losses"), "stage_acc": avg("stage_acc"), "chain_acc": avg("chain_acc")}
 

@@ -20,7 +20,7 @@ PROMPTS = ["What is gravity?", "Write a haiku about tea.", "Explain recursion.",
 @pytest.fixture(scope="module")
 def text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("text")
-    words = "the quick brown fox jumps over the lazy dog while speculators guess tokens ahead".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "speculators", "guess", "tokens", "ahead"]
     for i in range(6):
         (d / f"doc{i}.txt").write_text(" ".join(words[(i + j) % len(words)] for j in range(400)))
     return d
