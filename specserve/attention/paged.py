@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from specserve.attention import triton_paged
+from specserve.attention.cpu_paged import CpuAttentionPlan, cpu_short_attention
 from specserve.attention.metadata import AttentionMetadata
 
 # Requests with at most this many new tokens (decode steps, speculative candidates) are padded
@@ -184,8 +185,16 @@ def paged_attention(
     flat_k = k_cache.view(-1, num_kv_heads, head_dim)
     flat_v = v_cache.view(-1, num_kv_heads, head_dim)
     gqa = num_heads != num_kv_heads
-    out = torch.empty_like(query)
-    if plan.short_reqs:
+    out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    scale = scale if scale is not None else head_dim ** -0.5
+    short_done = False
+    if plan.short_reqs and query.device.type == "cpu":
+        cpu_plan = md.cache.get("cpu_plan")
+        if cpu_plan is None:
+            cpu_plan = md.cache["cpu_plan"] = CpuAttentionPlan(md, plan.short_reqs)
+        assert isinstance(cpu_plan, CpuAttentionPlan)
+        short_done = cpu_short_attention(query, k_cache, v_cache, out, cpu_plan, scale)
+    if plan.short_reqs and not short_done:
         b, max_q, max_len = plan.num_short, plan.max_q, plan.max_len
         if plan.identity:
             q = query.view(b, max_q, num_heads, head_dim)
@@ -193,7 +202,7 @@ def paged_attention(
             q = query.index_select(0, plan.q_rows).view(b, max_q, num_heads, head_dim)
         k = flat_k.index_select(0, plan.slots).view(b, max_len, num_kv_heads, head_dim).transpose(1, 2)
         v = flat_v.index_select(0, plan.slots).view(b, max_len, num_kv_heads, head_dim).transpose(1, 2)
-        o = _short_query_attention(q, k, v, plan.mask, scale if scale is not None else head_dim ** -0.5)
+        o = _short_query_attention(q, k, v, plan.mask, scale)
         o = o.reshape(b * max_q, num_heads, head_dim)
         if plan.identity:
             if not plan.long_reqs:

@@ -57,8 +57,7 @@ def measure_bandwidth(num_bytes: int = 1 << 30, repeats: int = 5, device: str = 
 
 def weight_bytes_per_step(model: nn.Module) -> int:
     """Bytes of parameters one decode step reads: every parameter once (tied ones once), except an
-    input embedding that is not also the output head (a lookup reads one row of it). Layout copies kept
-    for decode (model/row_major.py) are not parameters: a step reads one layout, the same bytes."""
+    input embedding that is not also the output head (a lookup reads one row of it)."""
     params = {p.data_ptr(): p for p in model.parameters()}
     net: Any = model
     embedding = net.get_input_embeddings() if hasattr(net, "get_input_embeddings") else None

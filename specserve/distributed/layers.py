@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specserve.model.row_major import project
+from specserve.model.fast_linear import project
 
 if TYPE_CHECKING:
     from specserve.distributed.parallel_state import TensorParallel
@@ -32,14 +32,13 @@ if TYPE_CHECKING:
 class RowParallelLinear(nn.Linear):
     """y = all_reduce(x_r @ W_r^T) + b, where x_r and W_r are this rank's slice of the input features."""
 
-    weight_t: torch.Tensor | None = None  # optional [in / N, out] copy for few-row products (row_major.py)
 
     def __init__(self, in_features: int, out_features: int, bias: bool, tp: TensorParallel) -> None:
         super().__init__(in_features, out_features, bias=bias)  # in_features: this rank's slice
         self.tp = tp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = project(x, self.weight, self.weight_t)  # [num_tokens, out]: this rank's partial sum
+        y = project(x, self.weight)  # [num_tokens, out]: this rank's partial sum
         self.tp.all_reduce(y)
         return y if self.bias is None else y + self.bias
 
@@ -70,13 +69,3 @@ def embedding(num_embeddings: int, embedding_dim: int, tp: TensorParallel | None
     if tp is None:
         return nn.Embedding(num_embeddings, embedding_dim)
     return VocabParallelEmbedding(num_embeddings, embedding_dim, tp)
-
-
-def enable_row_major_row_parallel(model: nn.Module) -> int:
-    """model/row_major.py's [in, out] copies for the row-parallel layers it skips; returns bytes added."""
-    added = 0
-    for module in model.modules():
-        if isinstance(module, RowParallelLinear):
-            module.weight_t = module.weight.detach().t().contiguous()
-            added += module.weight_t.numel() * module.weight_t.element_size()
-    return added

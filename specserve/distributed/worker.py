@@ -16,7 +16,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from specserve.distributed.layers import enable_row_major_row_parallel
 from specserve.distributed.parallel_state import (
     DEFAULT_TIMEOUT_S,
     TensorParallel,
@@ -27,13 +26,12 @@ from specserve.distributed.parallel_state import (
 )
 from specserve.distributed.protocol import Command, ControlChannel, unpack_pairs, unpack_step
 from specserve.distributed.shard_loading import load_sharded_model
-from specserve.model.row_major import enable_row_major_decode
+from specserve.model.fast_linear import enable_fast_linear
 from specserve.worker.model_runner import kv_bytes_per_block, torch_dtype
 
 logger = logging.getLogger(__name__)
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
-ROW_MAJOR_MAX_BYTES = 4 * 1024**3  # as engine/model_setup.py, per rank
 
 
 @dataclass(frozen=True)
@@ -53,10 +51,7 @@ class RankSpec:
 def load_rank(tp: TensorParallel, spec: RankSpec) -> tuple[nn.Module, int]:
     """This rank's model (row-major copies on CPU as in model_setup) and the KV blocks its budget holds."""
     model, _ = load_sharded_model(spec.model_dir, torch_dtype(spec.dtype), tp)
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
-    if tp.device.type == "cpu" and size <= ROW_MAJOR_MAX_BYTES:
-        enable_row_major_decode(model)
-        enable_row_major_row_parallel(model)
+    enable_fast_linear(model)
     if spec.num_blocks is not None:
         return model, spec.num_blocks
     local = model.local_arch

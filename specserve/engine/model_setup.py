@@ -15,7 +15,7 @@ from torch import nn
 from specserve.config import EngineConfig
 from specserve.model.arch_config import ModelArchConfig
 from specserve.model.loader import load_model, resolve_model_dir
-from specserve.model.row_major import enable_row_major_decode
+from specserve.model.fast_linear import enable_fast_linear
 from specserve.tokenizer import Tokenizer
 from specserve.worker.model_runner import ModelRunner, kv_bytes_per_block, torch_dtype
 
@@ -57,24 +57,13 @@ class LoadedModel:
         return self.bundle.arch.vocab_size
 
 
-# Keep an [in, out] weight copy for single-row decode on CPU up to this model size (model/row_major.py).
-ROW_MAJOR_MAX_BYTES = 4 * 1024**3
-
-
-def load_bundle(model: str | None, dtype: str = "float32", device: str = "cpu",
-                row_major_decode: bool | None = None) -> ModelBundle:
-    """``row_major_decode``: None = on for float32 CPU models under ROW_MAJOR_MAX_BYTES (in bfloat16,
-    F.linear was as fast or faster at every row count measured, so no copy is kept)."""
+def load_bundle(model: str | None, dtype: str = "float32", device: str = "cpu") -> ModelBundle:
     torch_dt = torch_dtype(dtype)
     dev = torch.device(device)
     model_dir = resolve_model_dir(model)
     tokenizer = Tokenizer.from_dir(model_dir)
     net, arch = load_model(model_dir, torch_dt, dev)
-    if row_major_decode is None:
-        size = sum(p.numel() * p.element_size() for p in net.parameters())
-        row_major_decode = dev.type == "cpu" and torch_dt == torch.float32 and size <= ROW_MAJOR_MAX_BYTES
-    if row_major_decode:
-        enable_row_major_decode(net)
+    enable_fast_linear(net)  # few-row products on CPU go to the hand-written kernel
     return ModelBundle(model_dir, net, arch, tokenizer, torch_dt, dev)
 
 

@@ -23,7 +23,7 @@ from specserve.distributed.layers import embedding, linear
 from specserve.distributed.parallel_state import TensorParallel, shard_arch
 from specserve.model.arch_config import ModelArchConfig
 from specserve.model.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rope
-from specserve.model.row_major import project
+from specserve.model.fast_linear import project
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # each [num_blocks, block_size, num_kv_heads, head_dim]
 
@@ -95,7 +95,6 @@ class LlamaForCausalLM(nn.Module):
         # Tied models keep no lm_head: logits use the embedding matrix itself.
         self.lm_head = (None if arch.tie_word_embeddings
                         else nn.Linear(arch.hidden_size, local.vocab_size, bias=False))
-        self.output_weight_t: torch.Tensor | None = None  # see model/row_major.py
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                 md: AttentionMetadata) -> torch.Tensor:
@@ -111,7 +110,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [R, hidden] -> float32 logits [R, vocab]."""
-        logits = project(hidden, self.get_output_embeddings(), self.output_weight_t)
+        logits = project(hidden, self.get_output_embeddings())
         if self.tp is not None:
             logits = self.tp.all_gather_last_dim(logits)  # [R, vocab / N] on each rank -> [R, vocab]
         logits = logits.float()

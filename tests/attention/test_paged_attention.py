@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from specserve.attention.cpu_paged import CpuAttentionPlan, cpu_short_attention
 from specserve.attention.metadata import AttentionMetadata
 from specserve.attention.paged import paged_attention, reference_paged_attention, write_kv
+from specserve.kernels.build import load_library
 from specserve.worker.input_batch import tree_mask
 
 
@@ -28,14 +31,23 @@ request_shape = st.tuples(st.integers(0, 40), st.integers(1, 40), st.booleans())
 
 @settings(max_examples=40, deadline=None)
 @given(requests=st.lists(request_shape, min_size=1, max_size=5), block_size=st.sampled_from([1, 4, 16]),
-       heads=st.sampled_from([(4, 4), (4, 2), (6, 1)]), seed=st.integers(0, 2**16))
+       heads=st.sampled_from([(4, 4), (4, 2), (6, 1)]), seed=st.integers(0, 2**16),
+       head_dim=st.sampled_from([8, 16, 64]))  # 16 and 64 run the CPU kernel, 8 the PyTorch path
 def test_paged_matches_dense(requests: list[tuple[int, int, bool]], block_size: int,
-                             heads: tuple[int, int], seed: int) -> None:
+                             heads: tuple[int, int], seed: int, head_dim: int) -> None:
+    md, query, k_cache, v_cache, expected = random_paged_batch(requests, block_size, heads, seed, head_dim)
+    torch.testing.assert_close(reference_paged_attention(query, k_cache, v_cache, md), expected,
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(paged_attention(query, k_cache, v_cache, md), expected, rtol=1e-4, atol=1e-5)
+
+
+def random_paged_batch(requests: list[tuple[int, int, bool]], block_size: int, heads: tuple[int, int],
+                       seed: int, head_dim: int, dtype: torch.dtype = torch.float32):
+    """A batch of requests (cached, new, tree?) on shuffled blocks, with the dense float64 answer."""
     gen = torch.Generator().manual_seed(seed)
     num_heads, num_kv_heads = heads
-    head_dim = 8
     total_blocks = sum((c + n + block_size - 1) // block_size for c, n, _ in requests) + 3
-    k_cache = torch.zeros(total_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.zeros(total_blocks, block_size, num_kv_heads, head_dim, dtype=dtype)
     v_cache = torch.zeros_like(k_cache)
     # Hand out blocks in a shuffled order so block tables are not contiguous.
     free = torch.randperm(total_blocks, generator=gen).tolist()
@@ -44,15 +56,15 @@ def test_paged_matches_dense(requests: list[tuple[int, int, bool]], block_size: 
     for cached, new, use_tree in requests:
         length = cached + new
         blocks = [free.pop() for _ in range((length + block_size - 1) // block_size)]
-        k_all = torch.randn(length, num_kv_heads, head_dim, generator=gen)
-        v_all = torch.randn(length, num_kv_heads, head_dim, generator=gen)
+        k_all = torch.randn(length, num_kv_heads, head_dim, generator=gen).to(dtype)
+        v_all = torch.randn(length, num_kv_heads, head_dim, generator=gen).to(dtype)
         all_slots = [blocks[p // block_size] * block_size + p % block_size for p in range(length)]
         # Cached tokens are already in the cache; the new ones are written by write_kv.
         write_kv(k_all[:cached], v_all[:cached], k_cache, v_cache, torch.tensor(all_slots[:cached], dtype=torch.long))
         slots.extend(all_slots[cached:])
         new_k.append(k_all[cached:])
         new_v.append(v_all[cached:])
-        q = torch.randn(new, num_heads, head_dim, generator=gen)
+        q = torch.randn(new, num_heads, head_dim, generator=gen).to(dtype)
         queries.append(q)
         custom = None
         if use_tree and new > 1:
@@ -76,9 +88,29 @@ def test_paged_matches_dense(requests: list[tuple[int, int, bool]], block_size: 
     write_kv(torch.cat(new_k), torch.cat(new_v), k_cache, v_cache, md.slot_mapping)
     query = torch.cat(queries)
     expected = torch.cat([dense_attention(*args) for args in dense_inputs]).float()
-    torch.testing.assert_close(reference_paged_attention(query, k_cache, v_cache, md), expected,
-                               rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(paged_attention(query, k_cache, v_cache, md), expected, rtol=1e-4, atol=1e-5)
+    return md, query, k_cache, v_cache, expected
+
+
+@pytest.mark.skipif(load_library() is None, reason="no AVX-512 CPU or no gcc here")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_kernel_runs_decode_and_tree_batches(dtype: torch.dtype, threads: int) -> None:
+    """The kernel itself (not a fallback) on the default model's head shape: 9 heads over 3 KV heads."""
+    if dtype == torch.bfloat16 and load_library().gemm_bf16 is None:
+        pytest.skip("CPU lacks AVX512-BF16")
+    requests = [(100, 1, False), (37, 1, False), (200, 6, True), (0, 5, False), (15, 32, True), (300, 9, True)]
+    md, query, k_cache, v_cache, expected = random_paged_batch(requests, 16, (9, 3), 7, 64, dtype)
+    out = torch.empty_like(query)
+    plan = CpuAttentionPlan(md, list(range(len(requests))))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert cpu_short_attention(query, k_cache, v_cache, out, plan, 64 ** -0.5)
+    finally:
+        torch.set_num_threads(before)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out.float(), expected, **tol)
+    torch.testing.assert_close(paged_attention(query, k_cache, v_cache, md).float(), expected, **tol)
 
 
 def test_long_prefill_with_history_uses_causal_offset() -> None:

@@ -1,0 +1,1 @@
+"""Hand-written compute kernels (CPU few-row products; the CUDA paged attention lives in attention/)."""
