@@ -14,8 +14,8 @@ from torch import nn
 
 from specserve.config import EngineConfig
 from specserve.model.arch_config import ModelArchConfig
-from specserve.model.loader import load_model, resolve_model_dir
 from specserve.model.fast_linear import enable_fast_linear
+from specserve.model.loader import load_model, resolve_model_dir
 from specserve.tokenizer import Tokenizer
 from specserve.worker.model_runner import ModelRunner, kv_bytes_per_block, torch_dtype
 

@@ -22,8 +22,8 @@ from specserve.attention.paged import paged_attention, write_kv
 from specserve.distributed.layers import embedding, linear
 from specserve.distributed.parallel_state import TensorParallel, shard_arch
 from specserve.model.arch_config import ModelArchConfig
-from specserve.model.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rope
 from specserve.model.fast_linear import project
+from specserve.model.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rope
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # each [num_blocks, block_size, num_kv_heads, head_dim]
 
