@@ -43,8 +43,43 @@ ALWAYS_INLINE void f32_row(const float* x, const float* wr, float* y, int N, int
   UNROLL for (int j = 0; j < mb; j++) y[(int64_t)(m0 + j) * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(a[j], b[j]));
 }
 
+// From TILE_MIN_ROWS input rows on, the product is compute-bound: a 4x4 register tile (4 weight rows
+// against 4 input rows) needs 8 loads per 16 FMAs where one weight row needs 5 per 4.
+#ifndef TILE_MIN_ROWS
+#define TILE_MIN_ROWS 16  // measured crossover: rows below it stream faster one weight row at a time
+#endif
+ALWAYS_INLINE void f32_tile(const float* x, const float* w, float* y, int N, int K, int n, int m0, const int mb) {
+  __m512 a[4][4];
+  UNROLL for (int r = 0; r < 4; r++) UNROLL for (int j = 0; j < mb; j++) a[r][j] = _mm512_setzero_ps();
+  const float* wr = w + (int64_t)n * K;
+  int k = 0;
+  for (; k < K; k += 16) {
+    __mmask16 m = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+    __m512 xv[4];
+    UNROLL for (int j = 0; j < mb; j++) xv[j] = _mm512_maskz_loadu_ps(m, x + (int64_t)(m0 + j) * K + k);
+    UNROLL for (int r = 0; r < 4; r++) {
+      __m512 wv = _mm512_maskz_loadu_ps(m, wr + (int64_t)r * K + k);
+      UNROLL for (int j = 0; j < mb; j++) a[r][j] = _mm512_fmadd_ps(wv, xv[j], a[r][j]);
+    }
+  }
+  UNROLL for (int j = 0; j < mb; j++) UNROLL for (int r = 0; r < 4; r++)
+    y[(int64_t)(m0 + j) * N + n + r] = _mm512_reduce_add_ps(a[r][j]);
+}
+
 static void f32_range(const float* x, const float* w, float* y, int M, int N, int K, int n0, int n1) {
-  for (int n = n0; n < n1; n++) {
+  int n = n0;
+  if (M >= TILE_MIN_ROWS) {
+    for (; n + 4 <= n1; n += 4) {
+      int m = 0;
+      for (; m + 4 <= M; m += 4) f32_tile(x, w, y, N, K, n, m, 4);
+      switch (M - m) {
+        case 3: f32_tile(x, w, y, N, K, n, m, 3); break;
+        case 2: f32_tile(x, w, y, N, K, n, m, 2); break;
+        case 1: f32_tile(x, w, y, N, K, n, m, 1); break;
+      }
+    }
+  }
+  for (; n < n1; n++) {
     const float* wr = w + (int64_t)n * K;
     int m = 0;
     for (; m + 4 <= M; m += 4) f32_row(x, wr, y, N, K, n, m, 4);
@@ -91,8 +126,39 @@ ALWAYS_INLINE void bf16_row(const uint16_t* x, const uint16_t* wr, uint16_t* y, 
 }
 
 __attribute__((target("avx512bf16")))
+ALWAYS_INLINE void bf16_tile(const uint16_t* x, const uint16_t* w, uint16_t* y, int N, int K, int n, int m0,
+                             const int mb) {
+  __m512 a[4][4];
+  UNROLL for (int r = 0; r < 4; r++) UNROLL for (int j = 0; j < mb; j++) a[r][j] = _mm512_setzero_ps();
+  const uint16_t* wr = w + (int64_t)n * K;
+  for (int k = 0; k < K; k += 32) {
+    __mmask32 m = K - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1ull << (K - k)) - 1);
+    __m512bh xv[4];
+    UNROLL for (int j = 0; j < mb; j++) xv[j] = (__m512bh)_mm512_maskz_loadu_epi16(m, x + (int64_t)(m0 + j) * K + k);
+    UNROLL for (int r = 0; r < 4; r++) {
+      __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, wr + (int64_t)r * K + k);
+      UNROLL for (int j = 0; j < mb; j++) a[r][j] = _mm512_dpbf16_ps(a[r][j], wv, xv[j]);
+    }
+  }
+  UNROLL for (int j = 0; j < mb; j++) UNROLL for (int r = 0; r < 4; r++)
+    y[(int64_t)(m0 + j) * N + n + r] = to_bf16(_mm512_reduce_add_ps(a[r][j]));
+}
+
+__attribute__((target("avx512bf16")))
 static void bf16_range(const uint16_t* x, const uint16_t* w, uint16_t* y, int M, int N, int K, int n0, int n1) {
-  for (int n = n0; n < n1; n++) {
+  int n = n0;
+  if (M >= TILE_MIN_ROWS) {
+    for (; n + 4 <= n1; n += 4) {
+      int m = 0;
+      for (; m + 4 <= M; m += 4) bf16_tile(x, w, y, N, K, n, m, 4);
+      switch (M - m) {
+        case 3: bf16_tile(x, w, y, N, K, n, m, 3); break;
+        case 2: bf16_tile(x, w, y, N, K, n, m, 2); break;
+        case 1: bf16_tile(x, w, y, N, K, n, m, 1); break;
+      }
+    }
+  }
+  for (; n < n1; n++) {
     const uint16_t* wr = w + (int64_t)n * K;
     int m = 0;
     for (; m + 4 <= M; m += 4) bf16_row(x, wr, y, N, K, n, m, 4);

@@ -1,6 +1,6 @@
 """Few-row CPU matrix products (cpu_gemm.c): ``small_matmul(x, weight)`` = x @ weight.T, or None.
 
-The kernel applies on CPU to float32 or bfloat16 products of 1..MAX_ROWS rows outside autograd;
+The kernel applies on CPU to float32 or bfloat16 products of 1..MAX_ROWS[dtype] rows outside autograd;
 everywhere else the function returns None and callers use F.linear.
 """
 
@@ -10,14 +10,15 @@ import torch
 
 from specserve.kernels.build import loaded
 
-# Up to this many rows the kernel beat F.linear at every shape of the default model, both dtypes, one
-# and two threads (`python -m specserve.kernels.bench_gemm`); beyond it GEMM's blocking wins.
-MAX_ROWS = 8
+# Up to this many rows the kernel beat F.linear over all of the default model's weights, two threads
+# (`python -m specserve.kernels.bench_gemm`, idle machine): float32 1.4-3.4x at 1-64 rows; bfloat16
+# 1.6-2.2x at 1-8 rows, 1.2-1.3x at 16-48, 1.06x at 64. Beyond that GEMM's cache blocking wins.
+MAX_ROWS = {torch.float32: 64, torch.bfloat16: 64}
 
 
 def small_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     """x [M, K] @ weight[N, K].T with the CPU kernel, or None where it does not apply."""
-    if (x.device.type != "cpu" or x.dim() != 2 or not 0 < x.shape[0] <= MAX_ROWS
+    if (x.device.type != "cpu" or x.dim() != 2 or not 0 < x.shape[0] <= MAX_ROWS.get(x.dtype, 0)
             or x.dtype != weight.dtype or weight.dim() != 2 or x.shape[1] != weight.shape[1]
             or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
         return None

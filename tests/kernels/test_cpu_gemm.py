@@ -21,7 +21,7 @@ def threads(request):
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 16, 19, 64])
 @pytest.mark.parametrize("n,k", [(37, 576), (64, 17), (130, 1536), (3, 100)])
 def test_float32_matches_f_linear(rows, n, k, threads):
     gen = torch.Generator().manual_seed(rows * 1000 + n + k)
@@ -34,7 +34,7 @@ def test_float32_matches_f_linear(rows, n, k, threads):
 
 @pytest.mark.skipif(build.load_library() is None or build.load_library().gemm_bf16 is None,
                     reason="CPU lacks AVX512-BF16")
-@pytest.mark.parametrize("rows", [1, 3, 4, 8])
+@pytest.mark.parametrize("rows", [1, 3, 4, 8, 16, 21])
 @pytest.mark.parametrize("n,k", [(37, 576), (64, 40), (130, 1536)])
 def test_bfloat16_matches_float32_reference(rows, n, k, threads):
     gen = torch.Generator().manual_seed(rows * 1000 + n + k)
@@ -51,7 +51,7 @@ def test_bfloat16_matches_float32_reference(rows, n, k, threads):
 
 def test_declines_where_it_does_not_apply():
     w = torch.randn(16, 32)
-    assert cpu_gemm.small_matmul(torch.randn(cpu_gemm.MAX_ROWS + 1, 32), w) is None  # GEMM's regime
+    assert cpu_gemm.small_matmul(torch.randn(cpu_gemm.MAX_ROWS[torch.float32] + 1, 32), w) is None  # GEMM's regime
     assert cpu_gemm.small_matmul(torch.randn(2, 32, dtype=torch.float64), w.double()) is None
     assert cpu_gemm.small_matmul(torch.randn(2, 32), w.t().contiguous().t()) is None  # non-contiguous weight
     assert cpu_gemm.small_matmul(torch.randn(2, 32, requires_grad=True), w) is None  # autograd needs F.linear
@@ -71,7 +71,7 @@ def test_fast_linear_modules_keep_outputs_and_gradients():
         torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
     model(x).sum().backward()  # training still works: autograd falls back to F.linear
     assert model[0].weight.grad is not None
-    big = torch.randn(20, 48)  # beyond MAX_ROWS: F.linear
+    big = torch.randn(80, 48)  # beyond MAX_ROWS: F.linear
     with torch.no_grad():
         torch.testing.assert_close(model(big), F.linear(F.relu(F.linear(big, model[0].weight, model[0].bias)),
                                                         model[2].weight))
