@@ -1,4 +1,4 @@
-"""Builds the hand-written CPU kernels (cpu_gemm.c, cpu_attention.c) with gcc at first use; ctypes loads them.
+"""Builds the hand-written CPU kernels (cpu_gemm.c, cpu_attention.c, cpu_fused.c) with gcc at first use.
 
 The shared library is cached under SPECSERVE_HOME/kernels, keyed by the sources' hash and the compile
 flags, and written atomically (concurrent builders each compile to a temporary file). A missing
@@ -23,7 +23,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name("cpu_gemm.c"), Path(__file__).with_name("cpu_attention.c")]
+_HERE = Path(__file__).parent
+SOURCES = [_HERE / "cpu_gemm.c", _HERE / "cpu_attention.c", _HERE / "cpu_fused.c"]
+HEADERS = [_HERE / "cpu_common.h"]
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
 _VOIDP, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
@@ -34,6 +36,9 @@ class CpuKernels:
     gemm_f32: Any
     gemm_bf16: Any | None  # None where the CPU lacks AVX512-BF16
     paged_attention: Any
+    add_rms_norm: Any
+    rope_write_kv: Any
+    silu_mul: Any
 
 
 _library: CpuKernels | None = None
@@ -58,7 +63,8 @@ def _cache_dir() -> Path:
 
 def build_library() -> Path:
     """Compile the sources (once per version) and return the shared library's path."""
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(FLAGS).encode()).hexdigest()[:16]
+    sources = b"".join(p.read_bytes() for p in SOURCES + HEADERS)
+    digest = hashlib.sha256(sources + " ".join(FLAGS).encode()).hexdigest()[:16]
     target = _cache_dir() / f"specserve_cpu-{digest}.so"
     if target.exists():
         return target
@@ -69,7 +75,7 @@ def build_library() -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"], check=True,
+        subprocess.run([compiler, *FLAGS, f"-I{_HERE}", "-o", tmp, *map(str, SOURCES), "-lm"], check=True,
                        capture_output=True, text=True)
         os.replace(tmp, target)
     except subprocess.CalledProcessError as exc:
@@ -84,14 +90,19 @@ def _bind(lib: ctypes.CDLL, has_bf16: bool) -> CpuKernels:
     gemm_args = [_VOIDP] * 3 + [_INT] * 4
     fns = {"specserve_gemm_f32": gemm_args, "specserve_gemm_bf16": gemm_args,
            "specserve_paged_attention": [_VOIDP] * 4 + [_INT] + [_VOIDP] * 4 + [_INT] + [_VOIDP] * 2
-           + [_INT] * 5 + [_FLOAT, _INT]}
+           + [_INT] * 5 + [_FLOAT, _INT],
+           "specserve_add_rms_norm": [_VOIDP] * 5 + [_INT, _INT, _FLOAT, _INT],
+           "specserve_rope_write_kv": [_VOIDP] * 7 + [_INT] * 5,
+           "specserve_silu_mul": [_VOIDP] * 2 + [_INT] * 3}
     for name, args in fns.items():
         fn = getattr(lib, name)
         fn.argtypes = args
         fn.restype = _INT if name == "specserve_paged_attention" else None
     return CpuKernels(gemm_f32=lib.specserve_gemm_f32,
                       gemm_bf16=lib.specserve_gemm_bf16 if has_bf16 else None,
-                      paged_attention=lib.specserve_paged_attention)
+                      paged_attention=lib.specserve_paged_attention,
+                      add_rms_norm=lib.specserve_add_rms_norm, rope_write_kv=lib.specserve_rope_write_kv,
+                      silu_mul=lib.specserve_silu_mul)
 
 
 def load_library() -> CpuKernels | None:

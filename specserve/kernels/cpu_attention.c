@@ -15,41 +15,18 @@
 #include <string.h>
 #include <omp.h>
 
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
+#include "cpu_common.h"
+
 #define MAX_ROWS 32   // query vectors (new tokens x heads of a group) handled per pass over the keys
 #define MAX_DIM 256
 #define KEYS 16       // keys per softmax block: one zmm of scores
-
-// exp(x) for x <= 0 (scores minus their running max): 2^(x log2 e) = 2^n * 2^f, f in [-0.5, 0.5],
-// 2^f by a degree-6 polynomial (relative error ~2e-7, below float32 rounding of the sum).
-ALWAYS_INLINE __m512 exp512(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
-  __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.693147180559945309f));
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
-ALWAYS_INLINE uint16_t to_bf16(float f) {
-  union { float f; uint32_t u; } v = {f};
-  if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40);
-  return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
-}
 
 // Load D (multiple of 16) values of either dtype as float32 into dst.
 ALWAYS_INLINE void load_row(float* dst, const void* src, int D, int is_bf16) {
   if (is_bf16) {
     const uint16_t* s = (const uint16_t*)src;
     for (int d = 0; d < D; d += 16) {
-      __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(s + d)));
-      _mm512_storeu_ps(dst + d, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+      _mm512_storeu_ps(dst + d, load16_bf16(s + d));
     }
   } else {
     memcpy(dst, src, sizeof(float) * D);

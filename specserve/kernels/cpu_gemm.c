@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <omp.h>
 
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
+#include "cpu_common.h"
 
 // One weight row at a time: the prefetcher follows a single linear stream (4 interleaved rows drew
 // 9 GB/s per core against 14 GB/s for one stream here). Two accumulators per input row hide the FMA
@@ -89,13 +89,6 @@ static void f32_range(const float* x, const float* w, float* y, int M, int N, in
       case 1: f32_row(x, wr, y, N, K, n, m, 1); break;
     }
   }
-}
-
-// float32 -> bfloat16, round to nearest even (NaN kept quiet), as PyTorch rounds.
-ALWAYS_INLINE uint16_t to_bf16(float f) {
-  union { float f; uint32_t u; } v = {f};
-  if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40);
-  return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
 }
 
 // ---- bfloat16: pairs of bf16 products summed into float32 lanes (AVX512-BF16 vdpbf16ps) ----

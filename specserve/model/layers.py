@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specserve.distributed.layers import linear
+from specserve.kernels import cpu_fused
 from specserve.model.arch_config import RopeConfig
 
 if TYPE_CHECKING:
@@ -27,10 +28,21 @@ class RMSNorm(nn.Module):
         self.shape = (hidden_size,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = cpu_fused.add_rms_norm(x, None, self.weight, self.eps)
+        if fused is not None:
+            return fused[1]
         if x.dtype == torch.float32:
             return F.rms_norm(x, self.shape, self.weight, self.eps)
         # Normalise in float32 and scale in the model dtype, as the HF reference does.
         return self.weight * F.rms_norm(x.float(), self.shape, eps=self.eps).to(x.dtype)
+
+    def add_norm(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + h, norm(x + h)): the residual add and the next norm, one kernel call on CPU."""
+        fused = cpu_fused.add_rms_norm(x, h, self.weight, self.eps)
+        if fused is not None:
+            return fused
+        total = x + h
+        return total, self(total)
 
 
 class GatedMLP(nn.Module):
@@ -45,8 +57,12 @@ class GatedMLP(nn.Module):
         self.down_proj = linear(intermediate_size, hidden_size, bias, tp, row_parallel=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [num_tokens, intermediate] each
-        return self.down_proj(F.silu(gate) * up)
+        gate_up = self.gate_up_proj(x)  # [num_tokens, 2 * intermediate]
+        act = cpu_fused.silu_mul(gate_up)
+        if act is None:
+            gate, up = gate_up.chunk(2, dim=-1)
+            act = F.silu(gate) * up
+        return self.down_proj(act)
 
 
 def _base_inv_freq(theta: float, dim: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from specserve.attention.metadata import AttentionMetadata
 from specserve.attention.paged import paged_attention, write_kv
 from specserve.distributed.layers import embedding, linear
 from specserve.distributed.parallel_state import TensorParallel, shard_arch
+from specserve.kernels import cpu_fused
 from specserve.model.arch_config import ModelArchConfig
 from specserve.model.fast_linear import project
 from specserve.model.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rope
@@ -45,6 +46,13 @@ class LlamaAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: KVCache,
                 md: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(x)  # [num_tokens, q_size + 2 * kv_size]
+        k_cache, v_cache = kv_cache
+        # CPU: rotate q and k and write k, v into the cache in one kernel call.
+        q = cpu_fused.rope_write_kv(qkv, cos, sin, k_cache, v_cache, md.slot_mapping, self.num_heads,
+                                    self.num_kv_heads, self.head_dim)
+        if q is not None:
+            out = paged_attention(q, k_cache, v_cache, md, self.scale)
+            return self.o_proj(out.reshape(-1, self.q_size))
         qk_size = self.q_size + self.kv_size
         # q and k are rotated together: one rope call instead of two.
         qk = qkv[:, :qk_size].view(-1, self.num_heads + self.num_kv_heads, self.head_dim)
@@ -52,7 +60,6 @@ class LlamaAttention(nn.Module):
         q = qk[:, :self.num_heads]  # [num_tokens, num_heads, head_dim]
         k = qk[:, self.num_heads:]  # [num_tokens, num_kv_heads, head_dim]
         v = qkv[:, qk_size:].view(-1, self.num_kv_heads, self.head_dim)
-        k_cache, v_cache = kv_cache
         write_kv(k, v, k_cache, v_cache, md.slot_mapping)
         out = paged_attention(q, k_cache, v_cache, md, self.scale)  # [num_tokens, num_heads, head_dim]
         return self.o_proj(out.reshape(-1, self.q_size))
@@ -67,12 +74,22 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
         self.residual_multiplier = arch.residual_multiplier
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: KVCache,
-                md: AttentionMetadata) -> torch.Tensor:
-        h = self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, md)
-        x = x + h if self.residual_multiplier == 1.0 else x + h * self.residual_multiplier
-        h = self.mlp(self.post_attention_layernorm(x))
-        return x + h if self.residual_multiplier == 1.0 else x + h * self.residual_multiplier
+    def forward(self, h: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                kv_cache: KVCache, md: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """(previous layer's update, residual stream) -> (this layer's update, residual stream).
+
+        The residual add is deferred into the next norm (add_norm), so on CPU each add and norm is
+        one kernel call; the first layer gets residual None and h = the embeddings."""
+        if residual is None:
+            residual, normed = h, self.input_layernorm(h)
+        else:
+            residual, normed = self.input_layernorm.add_norm(residual, h)
+        h = self._scaled(self.self_attn(normed, cos, sin, kv_cache, md))
+        residual, normed = self.post_attention_layernorm.add_norm(residual, h)
+        return self._scaled(self.mlp(normed)), residual
+
+    def _scaled(self, h: torch.Tensor) -> torch.Tensor:
+        return h if self.residual_multiplier == 1.0 else h * self.residual_multiplier
 
 
 class LlamaModel(nn.Module):
@@ -104,9 +121,12 @@ class LlamaForCausalLM(nn.Module):
         if self.arch.embedding_multiplier != 1.0:
             x = x * self.arch.embedding_multiplier
         cos, sin = self.rotary(positions, x.dtype)
+        residual: torch.Tensor | None = None
         for layer, kv_cache in zip(self.model.layers, kv_caches):
-            x = layer(x, cos, sin, kv_cache, md)
-        return self.model.norm(x)
+            x, residual = layer(x, residual, cos, sin, kv_cache, md)
+        if residual is None:  # a model without layers
+            return self.model.norm(x)
+        return self.model.norm.add_norm(residual, x)[1]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [R, hidden] -> float32 logits [R, vocab]."""
