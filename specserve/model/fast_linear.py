@@ -14,15 +14,22 @@ from torch import nn
 from specserve.kernels.cpu_gemm import small_matmul
 
 
+def _small_matmul_nd(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    if x.dim() <= 2:
+        return small_matmul(x, weight)
+    y = small_matmul(x.reshape(-1, x.shape[-1]), weight)  # e.g. [requests, paths, in]
+    return None if y is None else y.view(*x.shape[:-1], weight.shape[0])
+
+
 def project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [rows, in] times weight [out, in]^T."""
-    y = small_matmul(x, weight)
+    """x [..., in] times weight [out, in]^T."""
+    y = _small_matmul_nd(x, weight)
     return F.linear(x, weight) if y is None else y
 
 
 class FastLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = small_matmul(x, self.weight)
+        y = _small_matmul_nd(x, self.weight)
         if y is None:
             return F.linear(x, self.weight, self.bias)
         return y if self.bias is None else y.add_(self.bias)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from specserve.model.fast_linear import enable_fast_linear
 from specserve.spec.draft_tree import DraftTree
 from specserve.spec.proposer import ProposalRequest
 
@@ -16,6 +17,7 @@ class HeadProposer:
                  dtype: torch.dtype, device: torch.device) -> None:
         self.name = name
         self.model = model.to(device=device, dtype=dtype).eval()
+        enable_fast_linear(self.model)  # its few-row products go to the CPU kernel, as the base model's
         if model.vocab_map is not None:
             model.vocab_map = model.vocab_map.to(device)
         self.n_predict: int = model.n_predict if hasattr(model, "n_predict") else model.config.n_predict
