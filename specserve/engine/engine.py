@@ -133,7 +133,9 @@ class LLMEngine:
             started = time.perf_counter()
             results = self.runner.execute(sched)
             if self.runner.spec is not None:
-                self.runner.spec.policy.observe_step(sched.num_batched_tokens, time.perf_counter() - started)
+                decode_only = all(item.num_new_tokens == 1 for item in sched.scheduled)
+                self.runner.spec.policy.observe_step(sched.num_batched_tokens, time.perf_counter() - started,
+                                                     decode_only)
         except Exception as exc:
             if getattr(exc, "fatal", False):  # the runner cannot go on (e.g. a tensor-parallel worker died)
                 raise

@@ -4,9 +4,11 @@ The choice maximises expected goodput, emitted tokens per second of step time:
 
     sum_i E[emitted_i(level_i)] / T(num_batched_tokens)
 
-- ``T(n)`` is learned from the step times the engine observes (an EMA per bucket of batch token
-  counts, interpolated; beyond the largest bucket seen it grows proportionally to n, a deliberately
-  pessimistic guess so that an unmeasured large batch is not assumed free).
+- ``T(n)`` is learned from the step times the engine observes for decode steps (an EMA per bucket of
+  batch token counts, interpolated). Beyond the largest bucket seen it grows by the per-token cost of
+  the prefill steps observed (a compute-bound rate), or, before any prefill, proportionally to n: an
+  unmeasured larger batch is never assumed free. Prefill steps never enter the buckets themselves: a
+  1000-token prefill would make interpolated mid-size decode steps look far cheaper than they are.
 - ``E[emitted]`` for a level (depth d, c candidates) is measured: an EMA of tokens emitted per step
   (bonus included) at that level, globally and per request. Unmeasured levels start from an optimistic
   prior so they are tried; a little exploration (one step in ``explore_every``) keeps estimates fresh.
@@ -40,13 +42,19 @@ class StepCostModel:
 
     def __init__(self, decay: float = 0.8) -> None:
         self.decay = decay
-        self.buckets: dict[int, float] = {}  # bucket lower edge -> EMA seconds
+        self.buckets: dict[int, float] = {}  # bucket lower edge -> EMA seconds, decode steps only
+        self.seconds_per_prefill_token: float | None = None  # EMA over prefill steps of >= 16 tokens
 
     @staticmethod
     def bucket(num_tokens: int) -> int:
         return 1 if num_tokens <= 1 else int(1.25 ** math.floor(math.log(num_tokens, 1.25)))
 
-    def observe(self, num_tokens: int, seconds: float) -> None:
+    def observe(self, num_tokens: int, seconds: float, decode_only: bool = True) -> None:
+        if not decode_only:
+            if num_tokens >= 16:
+                rate, old_rate = seconds / num_tokens, self.seconds_per_prefill_token
+                self.seconds_per_prefill_token = rate if old_rate is None else 0.8 * old_rate + 0.2 * rate
+            return
         key = self.bucket(num_tokens)
         old = self.buckets.get(key)
         self.buckets[key] = seconds if old is None else self.decay * old + (1 - self.decay) * seconds
@@ -61,9 +69,12 @@ class StepCostModel:
             return self.buckets[n]
         if pos == 0:
             return self.buckets[keys[0]]  # fewer tokens than ever seen: at most as costly
-        if pos == len(keys):
+        if pos == len(keys):  # beyond what was seen
             last = keys[-1]
-            return self.buckets[last] * n / last  # beyond what was seen: assume linear growth
+            per_token = self.buckets[last] / last
+            if self.seconds_per_prefill_token is not None:
+                per_token = self.seconds_per_prefill_token
+            return self.buckets[last] + (n - last) * per_token
         lo, hi = keys[pos - 1], keys[pos]
         frac = (n - lo) / (hi - lo)
         return self.buckets[lo] + frac * (self.buckets[hi] - self.buckets[lo])
@@ -103,8 +114,9 @@ class SpeculationPolicy:
         self.last_level: Level = self.levels[-1]
 
     # ---- observations ------------------------------------------------------------------------
-    def observe_step(self, num_tokens: int, seconds: float) -> None:
-        self.cost.observe(num_tokens, seconds)
+    def observe_step(self, num_tokens: int, seconds: float, decode_only: bool = True) -> None:
+        """``decode_only``: every request fed one real token (plus drafts), no prompt chunk."""
+        self.cost.observe(num_tokens, seconds, decode_only)
 
     def observe_request(self, request_id: str, level: Level, emitted: int, num_nodes: int) -> None:
         self.global_stats.observe(level, emitted, num_nodes)
@@ -144,8 +156,8 @@ class SpeculationPolicy:
         best_level, best_rate = self.levels[0], -1.0
         for level in self.levels:
             rate = self._goodput(level, active, num_other_tokens + num_idle, num_idle)
-            if rate is None:  # no cost data yet: speculate fully to learn
-                best_level = self.levels[-1]
+            if rate is None:  # no decode step timed yet: measure the plain step first, then explore
+                best_level = self.levels[0]
                 break
             if rate > best_rate:
                 best_level, best_rate = level, rate

@@ -8,8 +8,10 @@ from specserve.spec.policy import Level, SpeculationPolicy, StepCostModel
 
 
 def train(policy: SpeculationPolicy, cost, accept_per_depth: float, batch: int, steps: int = 200) -> None:
-    """Feed the policy synthetic step times and acceptance at whatever levels it chooses."""
+    """Feed the policy synthetic step times and acceptance at whatever levels it chooses, after the
+    prompts' prefill step (as in the engine, which is where the policy learns the per-token cost)."""
     ids = [f"r{i}" for i in range(batch)]
+    policy.observe_step(100 * batch, cost(100 * batch), decode_only=False)
     for _ in range(steps):
         levels = policy.choose(ids)
         tokens = 0
@@ -55,6 +57,19 @@ def test_poor_acceptance_request_drops_out() -> None:
 def test_forced_modes(mode: str, depth: int) -> None:
     policy = SpeculationPolicy(mode, max_depth=3, max_candidates=2)
     assert all(level.depth == depth for level in policy.choose(["a", "b"]))
+
+
+def test_prefill_steps_set_the_marginal_cost_not_the_buckets() -> None:
+    model = StepCostModel()
+    model.observe(1, 0.02)
+    model.observe(1000, 1.0, decode_only=False)  # a prefill chunk: 1 ms per token
+    assert model.buckets == {1: 0.02}  # interpolating 1..1000 from it would make 64 tokens look cheap
+    assert model.predict(65) == pytest.approx(0.02 + 64 * 0.001)
+
+
+def test_starts_without_speculation_until_a_plain_step_is_timed() -> None:
+    policy = SpeculationPolicy("auto", max_depth=3, max_candidates=3)
+    assert policy.choose([f"r{i}" for i in range(32)])[0] == Level(0, 1)
 
 
 def test_cost_model_interpolates_and_extrapolates_pessimistically() -> None:
