@@ -34,7 +34,7 @@ def build_proposer(spec: str, model: torch.nn.Module, model_dir: Path, dtype: to
                    device: torch.device, num_candidates: int | None) -> tuple[Proposer, int, int]:
     """Returns (proposer, its max depth, its max candidates)."""
     if spec == "ngram":
-        depth = 4
+        depth = 8
         return NgramProposer(), depth, num_candidates or 1
     kind, _, rest = spec.partition(":")
     if kind == "draft":
