@@ -4,9 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run chat test clean
+.PHONY: setup browser compiler run chat test clean
 
-setup: $(STAMP)
+setup: $(STAMP) compiler
+
+# gcc builds specserve's CPU kernels at first use (specserve/kernels); without it PyTorch ops are used.
+compiler:
+	@command -v gcc >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc) || \
+	  echo "warning: could not install gcc; specserve will run without its CPU kernels (slower)"
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
