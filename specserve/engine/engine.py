@@ -130,12 +130,16 @@ class LLMEngine:
             return outputs
         self.num_steps += 1
         try:
+            spec = self.runner.spec
+            if spec is not None:
+                spec.last_proposal_seconds = 0.0
             started = time.perf_counter()
             results = self.runner.execute(sched)
-            if self.runner.spec is not None:
+            if spec is not None:
+                # The base step alone: the policy prices the next step's proposals per level separately.
+                seconds = time.perf_counter() - started - spec.last_proposal_seconds
                 decode_only = all(item.num_new_tokens == 1 for item in sched.scheduled)
-                self.runner.spec.policy.observe_step(sched.num_batched_tokens, time.perf_counter() - started,
-                                                     decode_only)
+                spec.policy.observe_step(sched.num_batched_tokens, seconds, decode_only)
         except Exception as exc:
             if getattr(exc, "fatal", False):  # the runner cannot go on (e.g. a tensor-parallel worker died)
                 raise

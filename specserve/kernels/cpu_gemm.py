@@ -11,9 +11,10 @@ import torch
 from specserve.kernels.build import loaded
 
 # Up to this many rows the kernel beat F.linear over all of the default model's weights, two threads
-# (`python -m specserve.kernels.bench_gemm`, idle machine): float32 1.4-3.4x at 1-64 rows; bfloat16
-# 1.6-2.2x at 1-8 rows, 1.2-1.3x at 16-48, 1.06x at 64. Beyond that GEMM's cache blocking wins.
-MAX_ROWS = {torch.float32: 64, torch.bfloat16: 64}
+# (`python -m specserve.kernels.bench_gemm`, benchmarks/results/bench_gemm.txt): float32 1.4-3.7x at
+# 1-64 rows; bfloat16 1.9-2.2x at 1-8 rows, 1.1x at 16-24, even at 32-48 and 0.89x at 64, where
+# oneDNN's blocked GEMM wins.
+MAX_ROWS = {torch.float32: 64, torch.bfloat16: 24}
 
 
 def small_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:

@@ -10,6 +10,7 @@ path afterwards.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,7 @@ class SpecDecoder:
         self.policy = policy
         self.stats = SpecStats()
         self.levels: dict[str, Level] = {}  # the level each request's pending drafts were made at
+        self.last_proposal_seconds = 0.0  # time spent proposing in the latest step (the engine subtracts it)
 
     def verify(self, logits: torch.Tensor, request_ids: list[str], inputs: list[VerifyInput],
                eos_token_ids: list[int]) -> list[VerifyResult]:
@@ -99,7 +101,11 @@ class SpecDecoder:
         if active:
             index = [i for i, r in enumerate(requests) if r.max_depth > 0]
             sub_hidden = hidden[torch.tensor(index, device=hidden.device)] if hidden is not None else None
-            for req, tree in zip(active, self.proposer.propose(active, sub_hidden)):
+            started = time.perf_counter()
+            proposed = self.proposer.propose(active, sub_hidden)
+            self.last_proposal_seconds = time.perf_counter() - started
+            self.policy.observe_proposal(self.levels[active[0].request_id], len(active), self.last_proposal_seconds)
+            for req, tree in zip(active, proposed):
                 trees[req.request_id] = tree
         return [trees[r.request_id] for r in requests]
 

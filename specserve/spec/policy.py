@@ -9,6 +9,8 @@ The choice maximises expected goodput, emitted tokens per second of step time:
   the prefill steps observed (a compute-bound rate), or, before any prefill, proportionally to n: an
   unmeasured larger batch is never assumed free. Prefill steps never enter the buckets themselves: a
   1000-token prefill would make interpolated mid-size decode steps look far cheaper than they are.
+- Proposing drafts costs time too (the speculator's forward, per request): measured apart from the
+  base step (an EMA of seconds per proposing request at each level) and added to ``T`` for that level.
 - ``E[emitted]`` for a level (depth d, c candidates) is measured: an EMA of tokens emitted per step
   (bonus included) at that level, globally and per request. Unmeasured levels start from an optimistic
   prior so they are tried; a little exploration (one step in ``explore_every``) keeps estimates fresh.
@@ -105,6 +107,7 @@ class SpeculationPolicy:
         self.levels = [Level(0, 1)] + [Level(d, 1) for d in range(1, max_depth + 1)]
         self.levels += [Level(max_depth, c) for c in range(2, max_candidates + 1)]
         self.cost = StepCostModel()
+        self.proposal_seconds: dict[Level, float] = {}  # EMA of proposal seconds per proposing request
         self.global_stats = AcceptanceStats()
         self.request_stats: dict[str, AcceptanceStats] = {}
         # Per request: EMA of accepted drafts per draft token, whatever the level. Requests below
@@ -117,6 +120,11 @@ class SpeculationPolicy:
     def observe_step(self, num_tokens: int, seconds: float, decode_only: bool = True) -> None:
         """``decode_only``: every request fed one real token (plus drafts), no prompt chunk."""
         self.cost.observe(num_tokens, seconds, decode_only)
+
+    def observe_proposal(self, level: Level, num_requests: int, seconds: float) -> None:
+        per_request = seconds / max(num_requests, 1)
+        old = self.proposal_seconds.get(level)
+        self.proposal_seconds[level] = per_request if old is None else 0.8 * old + 0.2 * per_request
 
     def observe_request(self, request_id: str, level: Level, emitted: int, num_nodes: int) -> None:
         self.global_stats.observe(level, emitted, num_nodes)
@@ -179,4 +187,6 @@ class SpeculationPolicy:
         seconds = self.cost.predict(tokens)
         if seconds is None:
             return None
+        if level.depth:
+            seconds += self.proposal_seconds.get(level, 0.0) * len(request_ids)
         return emitted_total / max(seconds, 1e-9)

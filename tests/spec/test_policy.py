@@ -79,3 +79,15 @@ def test_cost_model_interpolates_and_extrapolates_pessimistically() -> None:
     model.observe(32, 0.2)
     assert 0.05 <= model.predict(8) <= 0.2
     assert model.predict(128) >= 0.2 * 128 / 32 * 0.9
+
+
+def test_proposal_cost_is_charged_to_speculating_levels() -> None:
+    """A speculator that costs more than its accepted tokens save is not used, however cheap verifying is."""
+    policy = SpeculationPolicy("auto", max_depth=1, max_candidates=1, explore_every=10**9)
+    policy.observe_step(100, 0.1, decode_only=False)
+    policy.observe_step(1, 0.020)
+    policy.observe_step(2, 0.021)
+    policy.observe_request("r0", Level(1, 1), 2, 1)  # every draft accepted: 2 tokens a step
+    assert policy.choose(["r0"])[0] == Level(1, 1)  # 2 / 21 ms beats 1 / 20 ms
+    policy.observe_proposal(Level(1, 1), 1, 0.030)  # ... until proposing costs 30 ms
+    assert policy.choose(["r0"])[0] == Level(0, 1)  # 2 / 51 ms loses to 1 / 20 ms
