@@ -1,4 +1,4 @@
-"""Builds the hand-written CPU kernels (cpu_gemm.c, cpu_attention.c, cpu_fused.c) with gcc at first use.
+"""Builds the hand-written CPU kernels (cpu_gemm*.c, cpu_attention.c, cpu_fused.c) with gcc at first use.
 
 The shared library is cached under SPECSERVE_HOME/kernels, keyed by the sources' hash and the compile
 flags, and written atomically (concurrent builders each compile to a temporary file). A missing
@@ -24,7 +24,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-SOURCES = [_HERE / "cpu_gemm.c", _HERE / "cpu_attention.c", _HERE / "cpu_fused.c"]
+SOURCES = [_HERE / "cpu_gemm.c", _HERE / "cpu_gemm_packed.c", _HERE / "cpu_attention.c", _HERE / "cpu_fused.c"]
 HEADERS = [_HERE / "cpu_common.h"]
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
@@ -35,6 +35,10 @@ _VOIDP, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 class CpuKernels:
     gemm_f32: Any
     gemm_bf16: Any | None  # None where the CPU lacks AVX512-BF16
+    pack_f32: Any
+    pack_bf16: Any
+    gemm_packed_f32: Any
+    gemm_packed_bf16: Any | None
     paged_attention: Any
     add_rms_norm: Any
     rope_write_kv: Any
@@ -89,6 +93,8 @@ def build_library() -> Path:
 def _bind(lib: ctypes.CDLL, has_bf16: bool) -> CpuKernels:
     gemm_args = [_VOIDP] * 3 + [_INT] * 4
     fns = {"specserve_gemm_f32": gemm_args, "specserve_gemm_bf16": gemm_args,
+           "specserve_gemm_packed_f32": gemm_args, "specserve_gemm_packed_bf16": gemm_args,
+           "specserve_pack_f32": [_VOIDP] * 2 + [_INT] * 2, "specserve_pack_bf16": [_VOIDP] * 2 + [_INT] * 2,
            "specserve_paged_attention": [_VOIDP] * 4 + [_INT] + [_VOIDP] * 4 + [_INT] + [_VOIDP] * 2
            + [_INT] * 5 + [_FLOAT, _INT],
            "specserve_add_rms_norm": [_VOIDP] * 5 + [_INT, _INT, _FLOAT, _INT],
@@ -100,6 +106,9 @@ def _bind(lib: ctypes.CDLL, has_bf16: bool) -> CpuKernels:
         fn.restype = _INT if name == "specserve_paged_attention" else None
     return CpuKernels(gemm_f32=lib.specserve_gemm_f32,
                       gemm_bf16=lib.specserve_gemm_bf16 if has_bf16 else None,
+                      pack_f32=lib.specserve_pack_f32, pack_bf16=lib.specserve_pack_bf16,
+                      gemm_packed_f32=lib.specserve_gemm_packed_f32,
+                      gemm_packed_bf16=lib.specserve_gemm_packed_bf16 if has_bf16 else None,
                       paged_attention=lib.specserve_paged_attention,
                       add_rms_norm=lib.specserve_add_rms_norm, rope_write_kv=lib.specserve_rope_write_kv,
                       silu_mul=lib.specserve_silu_mul)

@@ -48,3 +48,4 @@ ALWAYS_INLINE __m512 exp512(__m512 x) {
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
 }
+#define UNROLL_ALL _Pragma("GCC unroll 16")

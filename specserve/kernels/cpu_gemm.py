@@ -40,3 +40,47 @@ def small_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     y = torch.empty(rows, n, dtype=x.dtype)
     fn(x.data_ptr(), weight.data_ptr(), y.data_ptr(), rows, n, k, torch.get_num_threads())
     return y
+
+
+# Row counts for which the panel-packed kernel (cpu_gemm_packed.c) is used where a packed copy exists:
+# `bench_gemm` (benchmarks/results/bench_gemm.txt) has it 2.1-3.9x F.linear in float32 at 4-128 rows,
+# 1.5x at 256; in bfloat16 level with the row kernel up to 8 rows, then 1.4-1.8x F.linear at 16-64 rows,
+# 1.16x at 128 and even at 256.
+PACKED_MIN_ROWS = {torch.float32: 4, torch.bfloat16: 12}
+PACKED_MAX_ROWS = {torch.float32: 256, torch.bfloat16: 128}
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
+    """A panel-packed copy of weight [N, K] for packed_matmul, or None where the kernel does not apply."""
+    kernels = loaded()
+    if kernels is None or weight.device.type != "cpu" or weight.dim() != 2 or not weight.is_contiguous():
+        return None
+    n, k = weight.shape
+    panels = (n + 15) // 16
+    with torch.no_grad():
+        if weight.dtype == torch.float32:
+            packed = torch.empty(panels * k * 16)
+            kernels.pack_f32(weight.data_ptr(), packed.data_ptr(), n, k)
+        elif weight.dtype == torch.bfloat16 and kernels.gemm_packed_bf16 is not None:
+            packed = torch.empty(panels * ((k + 1) // 2) * 32, dtype=torch.bfloat16)
+            kernels.pack_bf16(weight.data_ptr(), packed.data_ptr(), n, k)
+        else:
+            return None
+    return packed
+
+
+def packed_matmul(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor | None:
+    """x [M, K] @ W.T from W's packed copy, for PACKED_MIN_ROWS..PACKED_MAX_ROWS rows; else None."""
+    if (x.device.type != "cpu" or x.dim() != 2 or x.dtype not in PACKED_MIN_ROWS
+            or not PACKED_MIN_ROWS[x.dtype] <= x.shape[0] <= PACKED_MAX_ROWS[x.dtype] or x.dtype != packed.dtype or (torch.is_grad_enabled() and x.requires_grad)):
+        return None
+    kernels = loaded()
+    if kernels is None:
+        return None
+    fn = kernels.gemm_packed_f32 if x.dtype == torch.float32 else kernels.gemm_packed_bf16
+    if fn is None:
+        return None
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], out_features, dtype=x.dtype)
+    fn(x.data_ptr(), packed.data_ptr(), y.data_ptr(), x.shape[0], out_features, x.shape[1], torch.get_num_threads())
+    return y

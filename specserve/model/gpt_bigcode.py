@@ -102,6 +102,7 @@ class GPTBigCodeForCausalLM(nn.Module):
         self.local_arch = local = arch if tp is None else shard_arch(arch, tp.world_size)  # this rank's shape
         self.transformer = GPTBigCodeModel(local, tp)
         # Tied models keep no lm_head: logits use wte itself.
+        self.packed_head: torch.Tensor | None = None  # panel-packed head (model/fast_linear.py)
         self.lm_head = (None if arch.tie_word_embeddings
                         else nn.Linear(arch.hidden_size, local.vocab_size, bias=False))
 
@@ -118,7 +119,7 @@ class GPTBigCodeForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [R, hidden] -> float32 logits [R, vocab]."""
-        logits = project(hidden, self.get_output_embeddings())
+        logits = project(hidden, self.get_output_embeddings(), self.packed_head)
         if self.tp is not None:
             logits = self.tp.all_gather_last_dim(logits)  # [R, vocab / N] on each rank -> [R, vocab]
         return logits.float()

@@ -110,6 +110,7 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(local, tp)
         self.rotary = RotaryEmbedding(arch.rope, arch.head_dim, arch.max_position_embeddings)
         # Tied models keep no lm_head: logits use the embedding matrix itself.
+        self.packed_head: torch.Tensor | None = None  # panel-packed head (model/fast_linear.py)
         self.lm_head = (None if arch.tie_word_embeddings
                         else nn.Linear(arch.hidden_size, local.vocab_size, bias=False))
 
@@ -130,7 +131,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [R, hidden] -> float32 logits [R, vocab]."""
-        logits = project(hidden, self.get_output_embeddings())
+        logits = project(hidden, self.get_output_embeddings(), self.packed_head)
         if self.tp is not None:
             logits = self.tp.all_gather_last_dim(logits)  # [R, vocab / N] on each rank -> [R, vocab]
         logits = logits.float()

@@ -83,3 +83,34 @@ def test_library_is_cached_by_source_hash(tmp_path, monkeypatch):
     mtime = first.stat().st_mtime_ns
     assert build.build_library() == first and first.stat().st_mtime_ns == mtime
     assert first.parent == tmp_path / "kernels"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [12, 13, 64, 128])
+@pytest.mark.parametrize("n,k", [(37, 576), (16, 33), (130, 1536)])
+def test_packed_kernel_matches_exact_product(dtype, rows, n, k, threads):
+    if dtype == torch.bfloat16 and build.load_library().gemm_packed_bf16 is None:
+        pytest.skip("CPU lacks AVX512-BF16")
+    gen = torch.Generator().manual_seed(rows * 1000 + n + k)
+    x, w = torch.randn(rows, k, generator=gen).to(dtype), torch.randn(n, k, generator=gen).to(dtype)
+    got = cpu_gemm.packed_matmul(x, cpu_gemm.pack_weight(w), n)
+    assert got is not None and got.shape == (rows, n) and got.dtype == dtype
+    exact = x.double() @ w.double().T
+    if dtype == torch.float32:  # one float32 accumulator per output, summed along k in order
+        torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-4)
+    else:  # plus one rounding to bfloat16
+        torch.testing.assert_close(got.double(), exact, rtol=2 ** -7, atol=1e-3 * k ** 0.5)
+
+
+def test_fast_linear_uses_the_packed_copy_and_matches():
+    torch.manual_seed(1)
+    layer = nn.Linear(96, 50)
+    x = torch.randn(16, 96)
+    before = layer(x).detach()
+    enable_fast_linear(layer)
+    assert layer.packed is not None
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-5)
+        layer.packed.zero_()  # proof that 4+ rows read the packed copy, and 1-3 rows the weight itself
+        torch.testing.assert_close(layer(x), layer.bias.expand(16, 50))
+        torch.testing.assert_close(layer(x[:2]), before[:2], rtol=1e-5, atol=1e-5)
