@@ -3,15 +3,18 @@
 # Usage: bash benchmarks/session_figures.sh [THREADS]   -> benchmarks/results/*.json and *.txt
 # "before" runs the same benchmark on the commit before the CPU kernels (session 1's last commit,
 # da14484) from a throwaway git worktree, so before/after are measured in the same session.
+# Set ONLY=name1,name2 to run a subset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${1:-2}
 OUT=benchmarks/results
 mkdir -p "$OUT"
 BEFORE=da14484
-run() { local name=$1; shift; echo "== $name: specserve $* (load: $(cut -d' ' -f1-3 /proc/loadavg))"; .venv/bin/specserve "$@" --threads "$T" --json "$OUT/$name.json" | tee "$OUT/$name.txt"; }
+want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+run() { local name=$1; shift; want "$name" || return 0; echo "== $name: specserve $* (load: $(cut -d' ' -f1-3 /proc/loadavg))"; .venv/bin/specserve "$@" --threads "$T" --json "$OUT/$name.json" | tee "$OUT/$name.txt"; }
 run_before() {
   local name=$1; shift
+  want "$name" || return 0
   local tree=/tmp/specserve-before-$BEFORE
   [ -d "$tree" ] || git worktree add -f --detach "$tree" "$BEFORE" >/dev/null
   echo "== $name (commit $BEFORE): specserve $* (load: $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -25,4 +28,5 @@ run_before compare_bfloat16_before bench compare --dtype bfloat16 --max-tokens 1
 run latency_bfloat16 bench latency --dtype bfloat16 --configs off,ngram,mlp,auto --num-prompts 4 --max-tokens 128
 run throughput_bfloat16 bench throughput --dtype bfloat16 --concurrency 1,8,32 --configs off,auto --max-tokens 64 --num-requests 32
 run memory bench memory --dtype bfloat16 --num-requests 32 --max-tokens 128 --kv-cache-memory 256MiB
-.venv/bin/python -m specserve.kernels.bench_gemm --threads "$T" | tee "$OUT/bench_gemm.txt"
+run memory_default bench memory --dtype bfloat16
+if want bench_gemm; then .venv/bin/python -m specserve.kernels.bench_gemm --threads "$T" | tee "$OUT/bench_gemm.txt"; fi
