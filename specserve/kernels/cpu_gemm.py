@@ -45,8 +45,9 @@ def small_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
 # Row counts for which the panel-packed kernel (cpu_gemm_packed.c) is used where a packed copy exists:
 # `bench_gemm` (benchmarks/results/bench_gemm.txt) has it 2.1-3.9x F.linear in float32 at 4-128 rows,
 # 1.5x at 256; in bfloat16 level with the row kernel up to 8 rows, then 1.4-1.8x F.linear at 16-64 rows,
-# 1.16x at 128 and even at 256.
-PACKED_MIN_ROWS = {torch.float32: 4, torch.bfloat16: 12}
+# 1.16x at 128 and even at 256. From one row on: in whole-model decode (three alternating runs each)
+# it beat the row kernel at 1 row, float32 33-40 against 27-29 tok/s, bfloat16 50-52 against 44-56.
+PACKED_MIN_ROWS = {torch.float32: 1, torch.bfloat16: 1}
 PACKED_MAX_ROWS = {torch.float32: 256, torch.bfloat16: 128}
 
 

@@ -1,9 +1,9 @@
 """Linear layers that send few-row products on CPU to the hand-written kernels (kernels/cpu_gemm*.c).
 
 Decode, batched decode and speculative verification multiply 1-256 rows by every weight matrix. On the
-target EPYC: a few rows stream the weights in nn.Linear's own layout (cpu_gemm.c, about twice F.linear's
-speed); from 4 (float32) or 12 (bfloat16) rows a panel-packed copy of the weights (cpu_gemm_packed.c)
-keeps the arithmetic register-blocked. The packed copy costs memory (one more copy of every Linear weight), so it is made
+target EPYC a panel-packed copy of the weights (cpu_gemm_packed.c: register-blocked, read as 2 streams)
+is fastest from one row on; without a copy (large models) rows stream from nn.Linear's own layout
+(cpu_gemm.c), still about twice F.linear's speed. The packed copy costs memory (one more copy of every Linear weight), so it is made
 only for models whose Linear weights fit in PACK_MAX_BYTES. Prefill beyond 128 rows, CUDA and autograd
 keep F.linear (and beyond 256 / 128 rows); results differ from it only in summation order.
 """
@@ -22,7 +22,7 @@ PACK_MAX_BYTES = 2 * 1024**3
 def _kernel_matmul(x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor | None) -> torch.Tensor | None:
     flat = x if x.dim() <= 2 else x.reshape(-1, x.shape[-1])  # e.g. [requests, paths, in]
     y = None
-    if packed is not None:
+    if packed is not None and not (torch.is_grad_enabled() and weight.requires_grad):  # autograd: F.linear
         y = packed_matmul(flat, packed, weight.shape[0])
     if y is None:
         y = small_matmul(flat, weight)

@@ -86,7 +86,7 @@ def test_library_is_cached_by_source_hash(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [12, 13, 64, 128])
+@pytest.mark.parametrize("rows", [1, 3, 8, 13, 64, 128])
 @pytest.mark.parametrize("n,k", [(37, 576), (16, 33), (130, 1536)])
 def test_packed_kernel_matches_exact_product(dtype, rows, n, k, threads):
     if dtype == torch.bfloat16 and build.load_library().gemm_packed_bf16 is None:
@@ -111,6 +111,8 @@ def test_fast_linear_uses_the_packed_copy_and_matches():
     assert layer.packed is not None
     with torch.no_grad():
         torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-5)
-        layer.packed.zero_()  # proof that 4+ rows read the packed copy, and 1-3 rows the weight itself
+        layer.packed.zero_()  # proof that the packed copy is what is read
         torch.testing.assert_close(layer(x), layer.bias.expand(16, 50))
-        torch.testing.assert_close(layer(x[:2]), before[:2], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer(x[:1]), layer.bias.expand(1, 50))
+        big = torch.randn(cpu_gemm.PACKED_MAX_ROWS[torch.float32] + 1, 96)  # beyond it: F.linear, the weight
+        torch.testing.assert_close(layer(big), F.linear(big, layer.weight, layer.bias))
