@@ -43,6 +43,11 @@ MIN_RATE = 0.1  # accepted drafts per draft token below which a request stops sp
 MIN_GAIN = 1.10
 
 
+def ema(old: float | None, value: float, decay: float) -> float:
+    """Exponential moving average; the first observation is taken as is."""
+    return value if old is None else decay * old + (1 - decay) * value
+
+
 class StepCostModel:
     """Step seconds as a function of batched tokens, from observations."""
 
@@ -58,12 +63,10 @@ class StepCostModel:
     def observe(self, num_tokens: int, seconds: float, decode_only: bool = True) -> None:
         if not decode_only:
             if num_tokens >= 16:
-                rate, old_rate = seconds / num_tokens, self.seconds_per_prefill_token
-                self.seconds_per_prefill_token = rate if old_rate is None else 0.8 * old_rate + 0.2 * rate
+                self.seconds_per_prefill_token = ema(self.seconds_per_prefill_token, seconds / num_tokens, self.decay)
             return
         key = self.bucket(num_tokens)
-        old = self.buckets.get(key)
-        self.buckets[key] = seconds if old is None else self.decay * old + (1 - self.decay) * seconds
+        self.buckets[key] = ema(self.buckets.get(key), seconds, self.decay)
 
     def predict(self, num_tokens: int) -> float | None:
         if not self.buckets:
@@ -96,8 +99,7 @@ class AcceptanceStats:
 
     def observe(self, level: Level, emitted: int, num_nodes: int) -> None:
         for table, value in ((self.emitted, float(emitted)), (self.nodes, float(num_nodes))):
-            old = table.get(level)
-            table[level] = value if old is None else self.decay * old + (1 - self.decay) * value
+            table[level] = ema(table.get(level), value, self.decay)
 
 
 class SpeculationPolicy:
@@ -126,17 +128,14 @@ class SpeculationPolicy:
         self.cost.observe(num_tokens, seconds, decode_only)
 
     def observe_proposal(self, level: Level, num_requests: int, seconds: float) -> None:
-        per_request = seconds / max(num_requests, 1)
-        old = self.proposal_seconds.get(level)
-        self.proposal_seconds[level] = per_request if old is None else 0.8 * old + 0.2 * per_request
+        self.proposal_seconds[level] = ema(self.proposal_seconds.get(level), seconds / max(num_requests, 1), 0.8)
 
     def observe_request(self, request_id: str, level: Level, emitted: int, num_nodes: int) -> None:
         self.global_stats.observe(level, emitted, num_nodes)
         self.request_stats.setdefault(request_id, AcceptanceStats(decay=0.8)).observe(level, emitted, num_nodes)
         if num_nodes:
             rate = (emitted - 1) / num_nodes
-            old = self.request_rate.get(request_id)
-            self.request_rate[request_id] = rate if old is None else 0.7 * old + 0.3 * rate
+            self.request_rate[request_id] = ema(self.request_rate.get(request_id), rate, 0.7)
 
     def release(self, request_id: str) -> None:
         self.request_stats.pop(request_id, None)
