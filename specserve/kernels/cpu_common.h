@@ -49,3 +49,21 @@ ALWAYS_INLINE __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 #define UNROLL_ALL _Pragma("GCC unroll 16")
+
+// Runs CALL(m0, mb) over rows 0..M-1 in groups of GROUP (at most 8), with mb a literal in every call so
+// that each inlined tile is specialised (register arrays sized by mb, loops unrolled). Remainders of
+// GROUP or more cannot occur; their cases fold away at compile time.
+#define FOR_ROW_GROUPS(M, GROUP, CALL)                                \
+  do {                                                                \
+    int m_ = 0;                                                       \
+    for (; m_ + (GROUP) <= (M); m_ += (GROUP)) CALL(m_, GROUP);       \
+    switch ((M) - m_) {                                               \
+      case 7: if (7 < (GROUP)) CALL(m_, 7); break;                    \
+      case 6: if (6 < (GROUP)) CALL(m_, 6); break;                    \
+      case 5: if (5 < (GROUP)) CALL(m_, 5); break;                    \
+      case 4: if (4 < (GROUP)) CALL(m_, 4); break;                    \
+      case 3: if (3 < (GROUP)) CALL(m_, 3); break;                    \
+      case 2: if (2 < (GROUP)) CALL(m_, 2); break;                    \
+      case 1: if (1 < (GROUP)) CALL(m_, 1); break;                    \
+    }                                                                 \
+  } while (0)

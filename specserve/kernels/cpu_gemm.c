@@ -70,24 +70,16 @@ static void f32_range(const float* x, const float* w, float* y, int M, int N, in
   int n = n0;
   if (M >= TILE_MIN_ROWS) {
     for (; n + 4 <= n1; n += 4) {
-      int m = 0;
-      for (; m + 4 <= M; m += 4) f32_tile(x, w, y, N, K, n, m, 4);
-      switch (M - m) {
-        case 3: f32_tile(x, w, y, N, K, n, m, 3); break;
-        case 2: f32_tile(x, w, y, N, K, n, m, 2); break;
-        case 1: f32_tile(x, w, y, N, K, n, m, 1); break;
-      }
+      #define F32_TILE_CALL(m, mb) f32_tile(x, w, y, N, K, n, m, mb)
+      FOR_ROW_GROUPS(M, 4, F32_TILE_CALL);
+      #undef F32_TILE_CALL
     }
   }
   for (; n < n1; n++) {
     const float* wr = w + (int64_t)n * K;
-    int m = 0;
-    for (; m + 4 <= M; m += 4) f32_row(x, wr, y, N, K, n, m, 4);
-    switch (M - m) {
-      case 3: f32_row(x, wr, y, N, K, n, m, 3); break;
-      case 2: f32_row(x, wr, y, N, K, n, m, 2); break;
-      case 1: f32_row(x, wr, y, N, K, n, m, 1); break;
-    }
+    #define F32_ROW_CALL(m, mb) f32_row(x, wr, y, N, K, n, m, mb)
+    FOR_ROW_GROUPS(M, 4, F32_ROW_CALL);
+    #undef F32_ROW_CALL
   }
 }
 
@@ -142,24 +134,16 @@ static void bf16_range(const uint16_t* x, const uint16_t* w, uint16_t* y, int M,
   int n = n0;
   if (M >= TILE_MIN_ROWS) {
     for (; n + 4 <= n1; n += 4) {
-      int m = 0;
-      for (; m + 4 <= M; m += 4) bf16_tile(x, w, y, N, K, n, m, 4);
-      switch (M - m) {
-        case 3: bf16_tile(x, w, y, N, K, n, m, 3); break;
-        case 2: bf16_tile(x, w, y, N, K, n, m, 2); break;
-        case 1: bf16_tile(x, w, y, N, K, n, m, 1); break;
-      }
+      #define BF16_TILE_CALL(m, mb) bf16_tile(x, w, y, N, K, n, m, mb)
+      FOR_ROW_GROUPS(M, 4, BF16_TILE_CALL);
+      #undef BF16_TILE_CALL
     }
   }
   for (; n < n1; n++) {
     const uint16_t* wr = w + (int64_t)n * K;
-    int m = 0;
-    for (; m + 4 <= M; m += 4) bf16_row(x, wr, y, N, K, n, m, 4);
-    switch (M - m) {
-      case 3: bf16_row(x, wr, y, N, K, n, m, 3); break;
-      case 2: bf16_row(x, wr, y, N, K, n, m, 2); break;
-      case 1: bf16_row(x, wr, y, N, K, n, m, 1); break;
-    }
+    #define BF16_ROW_CALL(m, mb) bf16_row(x, wr, y, N, K, n, m, mb)
+    FOR_ROW_GROUPS(M, 4, BF16_ROW_CALL);
+    #undef BF16_ROW_CALL
   }
 }
 

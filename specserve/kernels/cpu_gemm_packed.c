@@ -70,17 +70,9 @@ ALWAYS_INLINE void f32_panels(const float* x, const float* p, float* y, int M, i
 static void f32_range(const float* x, const float* p, float* y, int M, int N, int K, int nb0, int nb1) {
   for (int nb = nb0; nb < nb1; nb += 2) {
     int two = nb + 1 < nb1;
-    int m = 0;
-    for (; m + MB <= M; m += MB) f32_panels(x, p, y, M, N, K, nb, two, m, MB);
-    switch (M - m) {
-      case 7: f32_panels(x, p, y, M, N, K, nb, two, m, 7); break;
-      case 6: f32_panels(x, p, y, M, N, K, nb, two, m, 6); break;
-      case 5: f32_panels(x, p, y, M, N, K, nb, two, m, 5); break;
-      case 4: f32_panels(x, p, y, M, N, K, nb, two, m, 4); break;
-      case 3: f32_panels(x, p, y, M, N, K, nb, two, m, 3); break;
-      case 2: f32_panels(x, p, y, M, N, K, nb, two, m, 2); break;
-      case 1: f32_panels(x, p, y, M, N, K, nb, two, m, 1); break;
-    }
+    #define F32_PANELS_CALL(m, mb) f32_panels(x, p, y, M, N, K, nb, two, m, mb)
+    FOR_ROW_GROUPS(M, MB, F32_PANELS_CALL);
+    #undef F32_PANELS_CALL
   }
 }
 
@@ -122,17 +114,9 @@ __attribute__((target("avx512bf16")))
 static void bf16_range(const uint16_t* x, const uint16_t* p, uint16_t* y, int M, int N, int K, int nb0, int nb1) {
   for (int nb = nb0; nb < nb1; nb += 2) {
     int two = nb + 1 < nb1;
-    int m = 0;
-    for (; m + MB <= M; m += MB) bf16_panels(x, p, y, M, N, K, nb, two, m, MB);
-    switch (M - m) {
-      case 7: bf16_panels(x, p, y, M, N, K, nb, two, m, 7); break;
-      case 6: bf16_panels(x, p, y, M, N, K, nb, two, m, 6); break;
-      case 5: bf16_panels(x, p, y, M, N, K, nb, two, m, 5); break;
-      case 4: bf16_panels(x, p, y, M, N, K, nb, two, m, 4); break;
-      case 3: bf16_panels(x, p, y, M, N, K, nb, two, m, 3); break;
-      case 2: bf16_panels(x, p, y, M, N, K, nb, two, m, 2); break;
-      case 1: bf16_panels(x, p, y, M, N, K, nb, two, m, 1); break;
-    }
+    #define BF16_PANELS_CALL(m, mb) bf16_panels(x, p, y, M, N, K, nb, two, m, mb)
+    FOR_ROW_GROUPS(M, MB, BF16_PANELS_CALL);
+    #undef BF16_PANELS_CALL
   }
 }
 
