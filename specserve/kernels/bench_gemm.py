@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from specserve.kernels.build import load_library
-from specserve.kernels.cpu_gemm import pack_weight
+from specserve.kernels.cpu_gemm import pack_weight, run_gemm
 
 # SmolLM2-135M: 30 x (fused qkv, o, fused gate/up, down) and the 49k-row tied head
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)] * 30 + [(49152, 576)]
@@ -39,13 +39,10 @@ def main() -> None:
         packs = {id(w): pack_weight(w) for w in weights}
 
         def kernel(x: torch.Tensor, w: torch.Tensor) -> None:
-            y = torch.empty(x.shape[0], w.shape[0], dtype=dtype)
-            fn(x.data_ptr(), w.data_ptr(), y.data_ptr(), x.shape[0], w.shape[0], x.shape[1], args.threads)
+            run_gemm(fn, x, w, w.shape[0], args.threads)
 
         def panels(x: torch.Tensor, w: torch.Tensor) -> None:
-            y = torch.empty(x.shape[0], w.shape[0], dtype=dtype)
-            packed_fn(x.data_ptr(), packs[id(w)].data_ptr(), y.data_ptr(), x.shape[0], w.shape[0], x.shape[1],
-                      args.threads)
+            run_gemm(packed_fn, x, packs[id(w)], w.shape[0], args.threads)
 
         print(f"{dtype}, {args.threads} threads: ms per pass over all weights (best of 3)")
         print(f"{'rows':>5} {'F.linear':>9} {'row':>9} {'packed':>9} {'row_x':>7} {'packed_x':>8}")

@@ -6,6 +6,8 @@ everywhere else the function returns None and callers use F.linear.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from specserve.kernels.build import loaded
@@ -15,6 +17,16 @@ from specserve.kernels.build import loaded
 # 1-64 rows; bfloat16 1.9-2.2x at 1-8 rows, 1.1x at 16-24, even at 32-48 and 0.89x at 64, where
 # oneDNN's blocked GEMM wins.
 MAX_ROWS = {torch.float32: 64, torch.bfloat16: 24}
+
+
+def run_gemm(fn: Any, x: torch.Tensor, weights: torch.Tensor, out_features: int,
+             threads: int | None = None) -> torch.Tensor:
+    """Call one of the kernels' GEMM entry points (plain or packed ``weights``): x [M, K] -> [M, N]."""
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], out_features, dtype=x.dtype)
+    fn(x.data_ptr(), weights.data_ptr(), y.data_ptr(), x.shape[0], out_features, x.shape[1],
+       threads or torch.get_num_threads())
+    return y
 
 
 def small_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
@@ -34,12 +46,7 @@ def small_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
         return None
     if fn is None or not weight.is_contiguous():
         return None
-    x = x.contiguous()
-    rows, k = x.shape
-    n = weight.shape[0]
-    y = torch.empty(rows, n, dtype=x.dtype)
-    fn(x.data_ptr(), weight.data_ptr(), y.data_ptr(), rows, n, k, torch.get_num_threads())
-    return y
+    return run_gemm(fn, x, weight, weight.shape[0])
 
 
 # Row counts for which the panel-packed kernel (cpu_gemm_packed.c) is used where a packed copy exists:
@@ -81,7 +88,4 @@ def packed_matmul(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> t
     fn = kernels.gemm_packed_f32 if x.dtype == torch.float32 else kernels.gemm_packed_bf16
     if fn is None:
         return None
-    x = x.contiguous()
-    y = torch.empty(x.shape[0], out_features, dtype=x.dtype)
-    fn(x.data_ptr(), packed.data_ptr(), y.data_ptr(), x.shape[0], out_features, x.shape[1], torch.get_num_threads())
-    return y
+    return run_gemm(fn, x, packed, out_features)
