@@ -84,7 +84,10 @@ def reference_paged_attention(
 
 
 class _BatchedPlan:
-    """Per-step index tensors shared by every layer (built once from the metadata)."""
+    """Per-step index tensors shared by every layer (built once from the metadata).
+
+    The padded tensors for the PyTorch short-query path and the CPU kernel's int32 views are each
+    built on first use: a step served by the CPU kernel never builds the padded ones."""
 
     def __init__(self, md: AttentionMetadata, device: torch.device) -> None:
         short = [i for i in range(md.num_reqs) if md.query_len(i) <= MAX_BATCHED_QUERY_LEN]
@@ -97,8 +100,20 @@ class _BatchedPlan:
             self.long_masks[i] = None if custom is None else context_mask(
                 md.query_len(i), md.seq_lens[i], custom, device)
             self.long_slots[i] = _gather_slots(md.block_tables[i], md.seq_lens[i], md.block_size)
-        if not short:
+        self.cpu_plan: CpuAttentionPlan | None = None
+        self.padded = False
+
+    def build_cpu_plan(self, md: AttentionMetadata) -> CpuAttentionPlan:
+        if self.cpu_plan is None:
+            self.cpu_plan = CpuAttentionPlan(md, self.short_reqs)
+        return self.cpu_plan
+
+    def build_padded(self, md: AttentionMetadata, device: torch.device) -> None:
+        """The short requests padded to one batch: slots, mask and row maps for _short_query_attention."""
+        if self.padded:
             return
+        self.padded = True
+        short = self.short_reqs
         max_q = max(md.query_len(i) for i in short)
         max_len = max(md.seq_lens[i] for i in short)
         num = len(short)
@@ -185,16 +200,13 @@ def paged_attention(
     flat_k = k_cache.view(-1, num_kv_heads, head_dim)
     flat_v = v_cache.view(-1, num_kv_heads, head_dim)
     gqa = num_heads != num_kv_heads
-    out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    out = torch.empty(query.shape, dtype=query.dtype, device=query.device)  # contiguous even if query is a view
     scale = scale if scale is not None else head_dim ** -0.5
     short_done = False
     if plan.short_reqs and query.device.type == "cpu":
-        cpu_plan = md.cache.get("cpu_plan")
-        if cpu_plan is None:
-            cpu_plan = md.cache["cpu_plan"] = CpuAttentionPlan(md, plan.short_reqs)
-        assert isinstance(cpu_plan, CpuAttentionPlan)
-        short_done = cpu_short_attention(query, k_cache, v_cache, out, cpu_plan, scale)
+        short_done = cpu_short_attention(query, k_cache, v_cache, out, plan.build_cpu_plan(md), scale)
     if plan.short_reqs and not short_done:
+        plan.build_padded(md, query.device)
         b, max_q, max_len = plan.num_short, plan.max_q, plan.max_len
         if plan.identity:
             q = query.view(b, max_q, num_heads, head_dim)
