@@ -180,6 +180,18 @@ def _short_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     return out.view(b, h, nq, d).transpose(1, 2)
 
 
+def cpu_kernel_plan(md: AttentionMetadata) -> CpuAttentionPlan | None:
+    """The CPU kernel's plan for this step when every request has a short query, else None."""
+    plan = md.cache.get("batched_plan")
+    if plan is None:
+        plan = _BatchedPlan(md, md.block_tables.device)
+        md.cache["batched_plan"] = plan
+    assert isinstance(plan, _BatchedPlan)
+    if plan.long_reqs or not plan.short_reqs:
+        return None
+    return plan.build_cpu_plan(md)
+
+
 def paged_attention(
     query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
     k_cache: torch.Tensor,

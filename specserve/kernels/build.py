@@ -1,4 +1,4 @@
-"""Builds the hand-written CPU kernels (cpu_gemm*.c, cpu_attention.c, cpu_fused.c) with gcc at first use.
+"""Builds the hand-written CPU kernels (cpu_gemm*.c, cpu_attention.c, cpu_fused.c, cpu_decoder.c) with gcc at first use.
 
 The shared library is cached under SPECSERVE_HOME/kernels, keyed by the sources' hash and the compile
 flags, and written atomically (concurrent builders each compile to a temporary file). A missing
@@ -24,7 +24,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-SOURCES = [_HERE / "cpu_gemm.c", _HERE / "cpu_gemm_packed.c", _HERE / "cpu_attention.c", _HERE / "cpu_fused.c"]
+SOURCES = [_HERE / "cpu_gemm.c", _HERE / "cpu_gemm_packed.c", _HERE / "cpu_attention.c", _HERE / "cpu_fused.c",
+           _HERE / "cpu_decoder.c"]
 HEADERS = [_HERE / "cpu_common.h"]
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
@@ -43,6 +44,7 @@ class CpuKernels:
     add_rms_norm: Any
     rope_write_kv: Any
     silu_mul: Any
+    llama_decoder: Any
 
 
 _library: CpuKernels | None = None
@@ -99,11 +101,12 @@ def _bind(lib: ctypes.CDLL, has_bf16: bool) -> CpuKernels:
            + [_INT] * 5 + [_FLOAT, _INT],
            "specserve_add_rms_norm": [_VOIDP] * 5 + [_INT, _INT, _FLOAT, _INT],
            "specserve_rope_write_kv": [_VOIDP] * 7 + [_INT] * 5,
-           "specserve_silu_mul": [_VOIDP] * 2 + [_INT] * 3}
+           "specserve_silu_mul": [_VOIDP] * 2 + [_INT] * 3,
+           "specserve_llama_decoder": [_VOIDP] * 2}
     for name, args in fns.items():
         fn = getattr(lib, name)
         fn.argtypes = args
-        fn.restype = _INT if name == "specserve_paged_attention" else None
+        fn.restype = _INT if name in ("specserve_paged_attention", "specserve_llama_decoder") else None
     return CpuKernels(gemm_f32=lib.specserve_gemm_f32,
                       gemm_bf16=lib.specserve_gemm_bf16 if has_bf16 else None,
                       pack_f32=lib.specserve_pack_f32, pack_bf16=lib.specserve_pack_bf16,
@@ -111,7 +114,7 @@ def _bind(lib: ctypes.CDLL, has_bf16: bool) -> CpuKernels:
                       gemm_packed_bf16=lib.specserve_gemm_packed_bf16 if has_bf16 else None,
                       paged_attention=lib.specserve_paged_attention,
                       add_rms_norm=lib.specserve_add_rms_norm, rope_write_kv=lib.specserve_rope_write_kv,
-                      silu_mul=lib.specserve_silu_mul)
+                      silu_mul=lib.specserve_silu_mul, llama_decoder=lib.specserve_llama_decoder)
 
 
 def load_library() -> CpuKernels | None:

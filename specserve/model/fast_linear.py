@@ -62,4 +62,6 @@ def enable_fast_linear(model: nn.Module, pack: bool = True) -> int:
         head = model.get_output_embeddings()
         head = head if isinstance(head, torch.Tensor) else head.weight
         model.packed_head = pack_weight(head.detach())
+    if hasattr(model, "attach_cpu_decoder"):
+        model.attach_cpu_decoder()  # the one-call decoder needs the packed copies
     return len(linears)

@@ -23,6 +23,7 @@ from specserve.distributed.layers import embedding, linear
 from specserve.distributed.parallel_state import TensorParallel, shard_arch
 from specserve.kernels import cpu_fused
 from specserve.model.arch_config import ModelArchConfig
+from specserve.model.cpu_decoder import CpuDecoder
 from specserve.model.fast_linear import project
 from specserve.model.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rope
 
@@ -113,6 +114,11 @@ class LlamaForCausalLM(nn.Module):
         self.packed_head: torch.Tensor | None = None  # panel-packed head (model/fast_linear.py)
         self.lm_head = (None if arch.tie_word_embeddings
                         else nn.Linear(arch.hidden_size, local.vocab_size, bias=False))
+        self.cpu_decoder: CpuDecoder | None = None  # set by attach_cpu_decoder once weights are packed
+
+    def attach_cpu_decoder(self) -> None:
+        """Run short-query steps through the one-call CPU decoder where it applies (model/cpu_decoder.py)."""
+        self.cpu_decoder = CpuDecoder(self) if CpuDecoder.supported(self) else None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                 md: AttentionMetadata) -> torch.Tensor:
@@ -122,6 +128,10 @@ class LlamaForCausalLM(nn.Module):
         if self.arch.embedding_multiplier != 1.0:
             x = x * self.arch.embedding_multiplier
         cos, sin = self.rotary(positions, x.dtype)
+        if self.cpu_decoder is not None:
+            hidden = self.cpu_decoder.run(x, cos, sin, kv_caches, md)
+            if hidden is not None:
+                return hidden
         residual: torch.Tensor | None = None
         for layer, kv_cache in zip(self.model.layers, kv_caches):
             x, residual = layer(x, residual, cos, sin, kv_cache, md)
