@@ -8,6 +8,7 @@ becomes n child sequences ("<id>#<i>") that share the prompt's blocks through th
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import time
 from typing import Any
@@ -44,6 +45,11 @@ class LLMEngine:
         self.num_steps = 0
         self.num_generated_tokens = 0
         self._pending_outputs: list[RequestOutput] = []
+        # The model, tokenizer and their Python objects live as long as the engine: move them out of
+        # the collector's sight, so that the collections the per-step allocations trigger stay short
+        # (they took ~3% of a 32-request decode step, mostly re-scanning these).
+        gc.collect()
+        gc.freeze()
 
     # ---- input -------------------------------------------------------------------------------
     def tokenize_prompt(self, prompt: PromptInput) -> tuple[str | None, list[int]]:

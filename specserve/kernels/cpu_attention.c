@@ -122,14 +122,17 @@ ALWAYS_INLINE void attend_group_impl(const void* q, const void* kc, const void* 
       vrows[j] = j < nk ? vbase + slot * slot_bytes : vrows[0];
       if (++off == bs) { off = 0; blk++; }
     }
-    // The next block starts in another cache block: its address jumps, which the hardware prefetcher
-    // cannot foresee, so fetch its first rows now.
-    if (j0 + KEYS < seq_len && off == 0) {
-      const char* next_k = kbase + (size_t)table[blk] * bs * slot_bytes;
-      const char* next_v = vbase + (size_t)table[blk] * bs * slot_bytes;
-      for (size_t b = 0; b < 2 * slot_bytes; b += 64) {
-        _mm_prefetch(next_k + b, _MM_HINT_T0);
-        _mm_prefetch(next_v + b, _MM_HINT_T0);
+    // The next 16 keys' rows: where they start another cache block the address jumps (block table),
+    // which the hardware prefetcher cannot foresee, and a request's blocks are only ~16 rows long.
+    if (j0 + KEYS < seq_len) {
+      int nblk = blk, noff = off, left = seq_len - j0 - KEYS < KEYS ? seq_len - j0 - KEYS : KEYS;
+      for (int j = 0; j < left; j++) {
+        const size_t slot = (size_t)table[nblk] * bs + noff;
+        for (size_t b = 0; b < nkv * head_bytes; b += 64) {
+          _mm_prefetch(kbase + slot * slot_bytes + b, _MM_HINT_T0);
+          _mm_prefetch(vbase + slot * slot_bytes + b, _MM_HINT_T0);
+        }
+        if (++noff == bs) { noff = 0; nblk++; }
       }
     }
     const __mmask16 in_block = nk == KEYS ? (__mmask16)0xffff : (__mmask16)((1u << nk) - 1);
