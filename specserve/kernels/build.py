@@ -24,9 +24,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-SOURCES = [_HERE / "cpu_gemm.c", _HERE / "cpu_gemm_packed.c", _HERE / "cpu_attention.c", _HERE / "cpu_fused.c",
-           _HERE / "cpu_decoder.c"]
-HEADERS = [_HERE / "cpu_common.h"]
+SOURCES = [_HERE / name for name in ("cpu_gemm.c", "cpu_gemm_packed.c", "cpu_attention.c", "cpu_attention_bf16.c",
+                                     "cpu_fused.c", "cpu_decoder.c")]
+HEADERS = [_HERE / "cpu_common.h", _HERE / "cpu_attention_impl.h"]
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
 _VOIDP, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
