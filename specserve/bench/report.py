@@ -61,8 +61,9 @@ def make_plan(opts: argparse.Namespace, mlp_available: bool) -> Plan:
              "--num-requests", "8" if quick else "32", "--concurrency", "1,8" if quick else "1,8,32"),
         step("memory", "--max-tokens", "64" if quick else "256", "--num-requests", "16" if quick else "64",
              "--kv-cache-memory", "256MiB", "--lengths", "eos"),
-        step("compare", "--max-tokens", tokens, "--concurrency", "8" if quick else "32",
-             "--repeats", "1" if quick else "3", *compare_spec),
+        *(step(name, "--dtype", dtype, "--max-tokens", tokens, "--concurrency", "8" if quick else "32",
+               "--repeats", "1" if quick else "3", *compare_spec)
+          for name, dtype in (("compare", "float32"), ("compare-bfloat16", "bfloat16"))),
     )
     serve_steps = []
     for label, speculator in SERVE_CONFIGS:

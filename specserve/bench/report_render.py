@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from specserve.bench.report import REPO, Plan, Step
+from specserve.bench.report import REPO, Plan
 
 SECTIONS = {  # name -> (title, what it measures)
     "roofline": ("Roofline: the fastest plain decode this machine allows", (
@@ -98,7 +98,6 @@ def render(plan: Plan, results: Path, doc: Path, img: Path, quick: bool = False,
            mlp_note: str | None = None) -> Path:
     from specserve.bench.plot import plot_latency, plot_serve
 
-    steps = {s.name: s for s in plan.steps}
     parts = [_header(quick)]
     if mlp_note:
         parts.append(f"> When this file was written the learned speculator was missing ({mlp_note}): the "
@@ -108,14 +107,13 @@ def render(plan: Plan, results: Path, doc: Path, img: Path, quick: bool = False,
         if name == "serve":
             parts.append(_serve_section(plan, results, doc, img, plot_serve))
             continue
-        step: Step = steps[name]
-        parts.append(f"```\n{_display(step.command)}\n```\n")
+        # A section may have variants, e.g. compare (float32) and compare-bfloat16.
+        for step in [s for s in plan.steps if s.name == name or s.name.startswith(name + "-")]:
+            parts.append(f"```\n{_display(step.command)}\n```\n")
+            result = _load(results / f"{step.name}.json")
+            parts.append(NOT_YET_RUN if result is None else _result_block(result))
         result = _load(results / f"{name}.json")
-        if result is None:
-            parts.append(NOT_YET_RUN)
-            continue
-        parts.append(_result_block(result))
-        if name == "latency":
+        if result is not None and name == "latency":
             figure = plot_latency(result, img / "latency.png")
             parts.append(f"\n![single-request decode tokens/s]({os.path.relpath(figure, doc.parent)})\n")
     doc.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,8 @@ def _opts(results: Path, **kw: object) -> argparse.Namespace:
 def test_every_planned_command_parses(tmp_path: Path, quick: bool):
     """The report's fixed settings must stay valid options of the benchmarks they run."""
     plan = make_plan(_opts(tmp_path, quick=quick), mlp_available=True)
-    assert [s.name for s in plan.steps] == ["roofline", "latency", "throughput", "memory", "compare"]
+    assert [s.name for s in plan.steps] == ["roofline", "latency", "throughput", "memory", "compare",
+                                            "compare-bfloat16"]
     assert [label for label, _, _ in plan.serve_steps] == ["no-spec", "ngram", "mlp"]
     parser = build_parser()
     for step in plan.steps:
@@ -50,7 +51,8 @@ def test_render_shows_results_and_marks_the_rest_not_yet_run(run_bench, tiny_lla
     assert "| config | prompts |" in text and "| paged blocks |" in text
     assert "![single-request decode tokens/s](img/latency.png)" in text
     assert (tmp_path / "docs" / "img" / "latency.png").stat().st_size > 5_000
-    # roofline, throughput, compare and both serve configurations have no results yet
-    assert text.count(NOT_YET_RUN) == 5
+    # roofline, throughput, both compare runs and both serve configurations have no results yet
+    assert text.count(NOT_YET_RUN) == 6
+    assert "compare --dtype bfloat16" in text
     assert "not yet run" in text.lower().split("## 4.")[1].split("## 5.")[0]
     assert "specserve bench memory --max-tokens 256" in text and "load average" in text
