@@ -99,6 +99,9 @@ def render(plan: Plan, results: Path, doc: Path, img: Path, quick: bool = False,
     from specserve.bench.plot import plot_latency, plot_serve
 
     parts = [_header(quick)]
+    kept = kept_section(doc)
+    if kept:
+        parts.append(kept)
     if mlp_note:
         parts.append(f"> When this file was written the learned speculator was missing ({mlp_note}): the "
                      "`mlp` configurations are skipped or fall back to prompt lookup (ngram).\n")
@@ -139,6 +142,21 @@ def _serve_section(plan: Plan, results: Path, doc: Path, img: Path, plot_serve: 
     else:
         out.append("_Figure (latency vs throughput, one curve per configuration): not yet run._\n")
     return "\n".join(out)
+
+
+KEEP_START, KEEP_END = "<!-- hand-written: start -->", "<!-- hand-written: end -->"
+
+
+def kept_section(doc: Path) -> str | None:
+    """The hand-written part of an existing document (between KEEP_START and KEEP_END, markers
+    included): notes and before/after tables that no single benchmark run produces survive a re-render."""
+    if not doc.exists():
+        return None
+    text = doc.read_text()
+    start, end = text.find(KEEP_START), text.find(KEEP_END)
+    if start < 0 or end < start:
+        return None
+    return text[start:end + len(KEEP_END)] + "\n"
 
 
 def _header(quick: bool) -> str:

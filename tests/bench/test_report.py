@@ -56,3 +56,9 @@ def test_render_shows_results_and_marks_the_rest_not_yet_run(run_bench, tiny_lla
     assert "compare --dtype bfloat16" in text
     assert "not yet run" in text.lower().split("## 4.")[1].split("## 5.")[0]
     assert "specserve bench memory --max-tokens 256" in text and "load average" in text
+    # a hand-written section survives the next render; the generated part is replaced
+    doc.write_text(text.replace("## 1.", "<!-- hand-written: start -->\nbefore/after notes\n"
+                                "<!-- hand-written: end -->\n\n## 1.", 1) + "\nstale generated text\n")
+    render(make_plan(_opts(results), mlp_available=False), results, doc, tmp_path / "docs" / "img")
+    again = doc.read_text()
+    assert again.count("before/after notes") == 1 and "stale generated text" not in again
