@@ -12,8 +12,12 @@ The choice maximises expected goodput, emitted tokens per second of step time:
 - Proposing drafts costs time too (the speculator's forward, per request): measured apart from the
   base step (an EMA of seconds per proposing request at each level) and added to ``T`` for that level.
 - ``E[emitted]`` for a level (depth d, c candidates) is measured: an EMA of tokens emitted per step
-  (bonus included) at that level, globally and per request. Unmeasured levels start from an optimistic
-  prior so they are tried; a little exploration (one step in ``explore_every``) keeps estimates fresh.
+  (bonus included) at that level, globally and per request. An unmeasured level starts from a prior,
+  1 + d * (accepted drafts per unit of depth measured so far at any level; 1 before any), so it is
+  tried while speculation looks promising and skipped once it plainly does not pay. A little
+  exploration (one step in ``explore_every``) keeps estimates fresh, but only towards a neighbouring
+  level predicted within EXPLORE_WITHIN of the best: on a saturated machine exploring a level already
+  known to lose would cost throughput for nothing.
 
 Because both terms are measurements, a saturated machine (T grows linearly in n) makes extra draft
 tokens unprofitable and the policy falls back to no speculation smoothly, with no batch-size threshold.
@@ -41,6 +45,9 @@ MIN_RATE = 0.1  # accepted drafts per draft token below which a request stops sp
 # EMA over noisy step times (and extrapolates unseen sizes), so a predicted gain of a few percent is
 # within its error: at 32 requests on the 2-core EPYC, levels predicted ~5% ahead measured 20% behind.
 MIN_GAIN = 1.10
+# Exploration only visits a neighbouring level whose predicted goodput is at least this share of the
+# chosen level's (at 32 requests, a one-token draft step measured ~0.7x of a plain one's goodput).
+EXPLORE_WITHIN = 0.85
 
 
 def ema(old: float | None, value: float, decay: float) -> float:
@@ -119,6 +126,7 @@ class SpeculationPolicy:
         # Per request: EMA of accepted drafts per draft token, whatever the level. Requests below
         # MIN_RATE sit out (no drafts) until their estimate is reset for a retry.
         self.request_rate: dict[str, float] = {}
+        self.drafts_per_depth: float | None = None  # EMA of accepted drafts / level depth, any level
         self._step = 0
         self.last_level: Level = self.levels[-1]
 
@@ -132,6 +140,8 @@ class SpeculationPolicy:
 
     def observe_request(self, request_id: str, level: Level, emitted: int, num_nodes: int) -> None:
         self.global_stats.observe(level, emitted, num_nodes)
+        if level.depth:
+            self.drafts_per_depth = ema(self.drafts_per_depth, (emitted - 1) / level.depth, 0.9)
         self.request_stats.setdefault(request_id, AcceptanceStats(decay=0.8)).observe(level, emitted, num_nodes)
         if num_nodes:
             rate = (emitted - 1) / num_nodes
@@ -150,8 +160,10 @@ class SpeculationPolicy:
         for source in (stats, self.global_stats):
             if source is not None and level in source.emitted:
                 return source.emitted[level], source.nodes[level]
-        # Optimistic prior for an untried level: every draft accepted along one path.
-        return 1.0 + level.depth, float(level.depth * level.candidates)
+        # Prior for an untried level: the acceptance seen so far at other levels (or every draft
+        # accepted, before any), spread along one path.
+        per_depth = 1.0 if self.drafts_per_depth is None else self.drafts_per_depth
+        return 1.0 + level.depth * per_depth, float(level.depth * level.candidates)
 
     def choose(self, request_ids: list[str], num_other_tokens: int = 0) -> list[Level]:
         """One level per request for the next step."""
@@ -165,21 +177,25 @@ class SpeculationPolicy:
         active = [rid for rid in request_ids if self.request_rate.get(rid, 1.0) >= MIN_RATE]
         num_idle = len(request_ids) - len(active)
         best_level, best_rate, plain_rate = self.levels[0], -1.0, 0.0
+        rates: dict[Level, float] = {}
         for level in self.levels:
             rate = self._goodput(level, active, num_other_tokens + num_idle, num_idle)
             if rate is None:  # no decode step timed yet: measure the plain step first, then explore
-                best_level = self.levels[0]
+                best_level, rates = self.levels[0], {}
                 break
+            rates[level] = rate
             if level.depth == 0:
                 plain_rate = rate
             elif rate < plain_rate * MIN_GAIN:
                 continue
             if rate > best_rate:
                 best_level, best_rate = level, rate
-        if self._step % self.explore_every == 0:
+        if self._step % self.explore_every == 0 and rates:
             index = self.levels.index(best_level)
             neighbour = index + 1 if (self._step // self.explore_every) % 2 else index - 1
-            best_level = self.levels[min(max(neighbour, 0), len(self.levels) - 1)]
+            candidate = self.levels[min(max(neighbour, 0), len(self.levels) - 1)]
+            if rates[candidate] >= EXPLORE_WITHIN * rates[best_level]:
+                best_level = candidate
         self.last_level = best_level
         active_set = set(active)
         return [best_level if rid in active_set else self.levels[0] for rid in request_ids]

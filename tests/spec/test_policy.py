@@ -91,3 +91,30 @@ def test_proposal_cost_is_charged_to_speculating_levels() -> None:
     assert policy.choose(["r0"])[0] == Level(1, 1)  # 2 / 21 ms beats 1 / 20 ms
     policy.observe_proposal(Level(1, 1), 1, 0.030)  # ... until proposing costs 30 ms
     assert policy.choose(["r0"])[0] == Level(0, 1)  # 2 / 51 ms loses to 1 / 20 ms
+
+
+def test_saturated_machine_rarely_pays_for_drafts() -> None:
+    """With exploration on (the default), a compute-bound batch whose drafts are rarely accepted spends
+    almost every step without drafts: once one level has shown poor acceptance, deeper untried levels
+    are not assumed perfect, and exploring a level predicted far behind is skipped."""
+    policy = SpeculationPolicy("auto", max_depth=3, max_candidates=3)
+    ids = [f"r{i}" for i in range(32)]
+    train(policy, compute_bound, accept_per_depth=0.3, batch=32, steps=400)
+    drafted = 0
+    for step in range(200):
+        levels = policy.choose(ids)
+        drafted += levels[0].depth > 0
+        tokens = sum(1 + level.depth * level.candidates for level in levels)
+        for rid, level in zip(ids, levels):
+            if level.depth:  # half the steps accept one draft: requests keep speculating, at a loss
+                policy.observe_request(rid, level, 1 + step % 2, level.depth * level.candidates)
+        policy.observe_step(tokens, compute_bound(tokens))
+    assert drafted <= 2  # out of 200 steps
+
+
+def test_untried_levels_inherit_the_measured_acceptance() -> None:
+    policy = SpeculationPolicy("auto", max_depth=3, max_candidates=1)
+    assert policy.expected(Level(3, 1), None)[0] == 4.0  # nothing measured: every draft accepted
+    for _ in range(20):
+        policy.observe_request("r0", Level(1, 1), 1, 1)  # the one-token drafts are never accepted
+    assert policy.expected(Level(3, 1), "r1")[0] == pytest.approx(1.0, abs=0.2)
