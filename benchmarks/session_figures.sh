@@ -21,8 +21,8 @@ run_before() {
   (cd "$tree" && PYTHONPATH="$tree" SPECSERVE_HOME="${SPECSERVE_HOME:-$HOME/.cache/specserve}" \
     "$OLDPWD/.venv/bin/python" -m specserve.cli "$@" --threads "$T" --json "$OLDPWD/$OUT/$name.json") | tee "$OUT/$name.txt"
 }
-run compare_float32 bench compare --dtype float32 --max-tokens 128 --concurrency 32 --repeats 2
-run compare_bfloat16 bench compare --dtype bfloat16 --max-tokens 128 --concurrency 32 --repeats 2
+run compare_float32 bench compare --dtype float32 --max-tokens 128 --concurrency 32 --repeats 2 --speculator default
+run compare_bfloat16 bench compare --dtype bfloat16 --max-tokens 128 --concurrency 32 --repeats 2 --speculator default
 run_before compare_float32_before bench compare --dtype float32 --max-tokens 128 --concurrency 32 --repeats 1
 run_before compare_bfloat16_before bench compare --dtype bfloat16 --max-tokens 128 --concurrency 32 --repeats 1
 run latency_bfloat16 bench latency --dtype bfloat16 --configs off,ngram,mlp,auto --num-prompts 4 --max-tokens 128
