@@ -2,8 +2,11 @@
 //
 // Reads K and V in place through each request's block table: no gathered copy of the context, one
 // call per layer for the whole batch. Online softmax over blocks of keys (exp vectorised over the
-// keys of a block). Work is split over (request, KV head) pairs with OpenMP. The query heads that share
-// a KV head are processed together, so each key and value row is loaded once per KV head.
+// keys of a block). Work is split with OpenMP over requests (all KV heads of a request in one item, so
+// each cached slot is one contiguous read) or, with fewer requests than 2 per thread, over (request,
+// KV head) pairs. The query heads that share a KV head are processed together, so each key and value
+// row is loaded once per KV head. bfloat16 caches use AVX512-BF16 dot products where the CPU has them
+// (cpu_attention_bf16.c); the kernel body is in cpu_attention_impl.h.
 //
 // Layout: q/out [T, H, D]; k_cache/v_cache [num_blocks, block_size, Hkv, D]; block_tables [n, max_blocks].
 // Masking: the new tokens of a request are its last q_len context positions; a new token sees every
