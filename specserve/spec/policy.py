@@ -203,7 +203,16 @@ class SpeculationPolicy:
     def _goodput(self, level: Level, request_ids: list[str], num_other_tokens: int,
                  num_idle: int = 0) -> float | None:
         emitted_total, tokens = float(num_idle), num_other_tokens
-        for rid in request_ids:
+        # Requests without figures of their own at this level all expect the same (global or prior):
+        # one lookup for them, so that a 32-request step does not pay ~300 lookups per step.
+        own = [rid for rid in request_ids
+               if (stats := self.request_stats.get(rid)) is not None and level in stats.emitted]
+        shared = len(request_ids) - len(own)
+        if shared:
+            emitted, nodes = self.expected(level, None)
+            emitted_total += shared * emitted
+            tokens += shared * (1 + int(round(nodes)))
+        for rid in own:
             emitted, nodes = self.expected(level, rid)
             emitted_total += emitted
             tokens += 1 + int(round(nodes))
