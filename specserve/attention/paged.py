@@ -180,13 +180,19 @@ def _short_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     return out.view(b, h, nq, d).transpose(1, 2)
 
 
-def cpu_kernel_plan(md: AttentionMetadata) -> CpuAttentionPlan | None:
-    """The CPU kernel's plan for this step when every request has a short query, else None."""
+def _batched_plan(md: AttentionMetadata, device: torch.device) -> _BatchedPlan:
+    """The step's plan, built by the first layer that asks and shared by the rest."""
     plan = md.cache.get("batched_plan")
     if plan is None:
-        plan = _BatchedPlan(md, md.block_tables.device)
+        plan = _BatchedPlan(md, device)
         md.cache["batched_plan"] = plan
     assert isinstance(plan, _BatchedPlan)
+    return plan
+
+
+def cpu_kernel_plan(md: AttentionMetadata) -> CpuAttentionPlan | None:
+    """The CPU kernel's plan for this step when every request has a short query, else None."""
+    plan = _batched_plan(md, md.block_tables.device)
     if plan.long_reqs or not plan.short_reqs:
         return None
     return plan.build_cpu_plan(md)
@@ -204,11 +210,7 @@ def paged_attention(
         return triton_paged.triton_paged_attention(query, k_cache, v_cache, md, scale)
     num_heads, head_dim = query.shape[1], query.shape[2]
     num_kv_heads = k_cache.shape[2]
-    plan = md.cache.get("batched_plan")
-    if plan is None:
-        plan = _BatchedPlan(md, query.device)
-        md.cache["batched_plan"] = plan
-    assert isinstance(plan, _BatchedPlan)
+    plan = _batched_plan(md, query.device)
     flat_k = k_cache.view(-1, num_kv_heads, head_dim)
     flat_v = v_cache.view(-1, num_kv_heads, head_dim)
     gqa = num_heads != num_kv_heads

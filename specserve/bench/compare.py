@@ -12,6 +12,7 @@ against specserve's ngram speculator; and llama.cpp (plain and ``LlamaPromptLook
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,6 +48,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="write the result here")
 
 
+def _fastest_rate(run_batch: Callable[[], tuple[float, int]], repeats: int) -> float:
+    """Tokens/s of the fastest of ``repeats`` runs of (seconds, tokens): other load only slows a run."""
+    return max(tokens / seconds for seconds, tokens in (run_batch() for _ in range(max(1, repeats))))
+
+
 def run(args: argparse.Namespace) -> BenchResult:
     machine = MachineInfo.read()
     bundle = load_bundle(args.model, args.dtype, args.device)
@@ -66,8 +72,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                                                **extra), bundle)
         run_single(engine, prompts[0], 8)  # warm-up
         singles = [run_single(engine, prompts[0], args.max_tokens) for _ in range(args.repeats)]
-        batch = max(tokens / seconds for seconds, tokens in
-                    (run_concurrent(engine, prompts, args.max_tokens) for _ in range(max(1, args.batch_repeats))))
+        batch = _fastest_rate(lambda: run_concurrent(engine, prompts, args.max_tokens), args.batch_repeats)
         engine_rates[label] = (median([s.decode_tok_s for s in singles]), batch)
         if "spec_steps" in engine.stats():
             result.extra[f"{label} mean_accepted_tokens_per_step"] = engine.stats()["mean_accepted_tokens_per_step"]
@@ -79,8 +84,7 @@ def run(args: argparse.Namespace) -> BenchResult:
         pad = bundle.eos_token_ids[0]
         hf_single_decode(hf, prompts[0], 8, pad)  # warm-up
         hf_single = median([hf_single_decode(hf, prompts[0], args.max_tokens, pad)[0] for _ in range(args.repeats)])
-        hf_batch = max(tokens / seconds for seconds, tokens in
-                       (hf_static_batch(hf, prompts, args.max_tokens, pad) for _ in range(max(1, args.batch_repeats))))
+        hf_batch = _fastest_rate(lambda: hf_static_batch(hf, prompts, args.max_tokens, pad), args.batch_repeats)
         result.rows.append({"system": "transformers", "single_decode_tok_s": hf_single,
                             f"total_tok_s_{args.concurrency}": hf_batch, "single_x_hf": 1.0, "batch_x_hf": 1.0})
     for label, (single, batch) in engine_rates.items():

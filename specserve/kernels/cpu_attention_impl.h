@@ -14,9 +14,6 @@
 #define MAX_ROWS 32   // query vectors (new tokens x heads of a group) handled per pass over the keys
 #define MAX_DIM 256
 #define KEYS 16       // keys per softmax block: one zmm of scores
-#ifndef PF_ON
-#define PF_ON 1
-#endif
 #define TILE 4        // P.V register tile: up to 4 rows x 4 chunks of 16 dims = 16 accumulators
 
 // Chunk c (16 values) of a K or V row, read straight from the cache, as float32.
@@ -191,16 +188,14 @@ ALWAYS_INLINE void attend_group_impl(const void* q, const void* kc, const void* 
     }
     // Prefetch: this block's V rows now (read after the scores), the next block's K rows (its first
     // cache lines jump, by the block table, where the hardware prefetcher cannot follow).
-    if (PF_ON) {
-      for (int j = 0; j < nk; j++)
-        for (size_t b = 0; b < nkv * head_bytes; b += 64) _mm_prefetch(vrows[j] + b, _MM_HINT_T0);
-      if (j0 + KEYS < seq_len) {
-        int nblk = blk, noff = off, left = seq_len - j0 - KEYS < KEYS ? seq_len - j0 - KEYS : KEYS;
-        for (int j = 0; j < left; j++) {
-          const size_t slot = (size_t)table[nblk] * bs + noff;
-          for (size_t b = 0; b < nkv * head_bytes; b += 64) _mm_prefetch(kbase + slot * slot_bytes + b, _MM_HINT_T1);
-          if (++noff == bs) { noff = 0; nblk++; }
-        }
+    for (int j = 0; j < nk; j++)
+      for (size_t b = 0; b < nkv * head_bytes; b += 64) _mm_prefetch(vrows[j] + b, _MM_HINT_T0);
+    if (j0 + KEYS < seq_len) {
+      int nblk = blk, noff = off, left = seq_len - j0 - KEYS < KEYS ? seq_len - j0 - KEYS : KEYS;
+      for (int j = 0; j < left; j++) {
+        const size_t slot = (size_t)table[nblk] * bs + noff;
+        for (size_t b = 0; b < nkv * head_bytes; b += 64) _mm_prefetch(kbase + slot * slot_bytes + b, _MM_HINT_T1);
+        if (++noff == bs) { noff = 0; nblk++; }
       }
     }
     const __mmask16 in_block = nk == KEYS ? (__mmask16)0xffff : (__mmask16)((1u << nk) - 1);

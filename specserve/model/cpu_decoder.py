@@ -49,8 +49,7 @@ class CpuDecoder:
 
     def __init__(self, model: LlamaForCausalLM) -> None:
         self.model = model
-        arch = model.local_arch
-        self.arch = arch
+        self.arch = model.local_arch
         self.dtype = model.model.embed_tokens.weight.dtype
         self.kv_caches: list | None = None
         self.layer_table: ctypes.Array | None = None
