@@ -146,6 +146,7 @@ class LLMEngine:
                 seconds = time.perf_counter() - started - spec.last_proposal_seconds
                 decode_only = all(item.num_new_tokens == 1 for item in sched.scheduled)
                 spec.policy.observe_step(sched.num_batched_tokens, seconds, decode_only)
+                spec.stats.record_step_time(seconds, spec.last_proposal_seconds)
         except Exception as exc:
             if getattr(exc, "fatal", False):  # the runner cannot go on (e.g. a tensor-parallel worker died)
                 raise

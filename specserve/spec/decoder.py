@@ -34,6 +34,10 @@ class SpecStats:
     proposed_at_depth: Counter[int] = field(default_factory=Counter)
     accepted_at_depth: Counter[int] = field(default_factory=Counter)
     accepted_length_histogram: Counter[int] = field(default_factory=Counter)
+    # Over the engine steps that proposed drafts: seconds in the proposer and in the base step itself.
+    num_proposing_steps: int = 0
+    proposal_seconds: float = 0.0
+    base_step_seconds: float = 0.0
 
     def record(self, tree: DraftTree, result: VerifyResult) -> None:
         self.num_steps += 1
@@ -47,6 +51,12 @@ class SpecStats:
             self.accepted_at_depth[depth] += 1
         self.accepted_length_histogram[len(result.accepted_nodes)] += 1
 
+    def record_step_time(self, base_seconds: float, proposal_seconds: float) -> None:
+        if proposal_seconds > 0.0:
+            self.num_proposing_steps += 1
+            self.proposal_seconds += proposal_seconds
+            self.base_step_seconds += base_seconds
+
     def as_dict(self) -> dict[str, Any]:
         depths = sorted(self.proposed_at_depth)
         return {
@@ -58,6 +68,11 @@ class SpecStats:
             # Stage d: of the steps that proposed a token at depth d, how many accepted one there.
             "spec_acceptance_per_stage": [self.accepted_at_depth[d] / self.proposed_at_depth[d] for d in depths],
             "spec_accepted_length_histogram": dict(sorted(self.accepted_length_histogram.items())),
+            # The speculator's cost: its time per proposing step against the base model's step time.
+            "spec_proposal_ms_per_step": (1e3 * self.proposal_seconds / self.num_proposing_steps
+                                          if self.num_proposing_steps else None),
+            "spec_proposal_time_share": (self.proposal_seconds / self.base_step_seconds
+                                         if self.base_step_seconds > 0 else None),
         }
 
 

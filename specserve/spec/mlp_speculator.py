@@ -144,6 +144,8 @@ class MLPSpeculator(nn.Module):
         ``len(top_k)`` may be shorter than n_predict (fewer stages = shorter drafts).
         """
         b = hidden.shape[0]
+        if all(k == 1 for k in top_k):
+            return self._propose_chain(hidden, token_ids, len(top_k))
         state = self.input_state(hidden).unsqueeze(1)  # [b, 1, d]
         tokens = token_ids.view(b, 1)
         paths = torch.empty(b, 1, 0, dtype=torch.long, device=hidden.device)
@@ -160,3 +162,22 @@ class MLPSpeculator(nn.Module):
         num_paths = min(num_paths, paths.shape[1])
         best_scores, best = scores.topk(num_paths, dim=1)
         return paths.gather(1, best.unsqueeze(2).expand(b, num_paths, paths.shape[2])), best_scores
+
+    def _propose_chain(self, hidden: torch.Tensor, token_ids: torch.Tensor,
+                       depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best path when only one is wanted: each stage's argmax, no top-k tree to build.
+
+        The same path as the tree search with top-k 1 everywhere, in fewer operations: a decode step
+        on this CPU is ~10 ms, so the few hundred microseconds of tree bookkeeping matter.
+        """
+        state = self.input_state(hidden)
+        tokens = token_ids
+        path, score = [], torch.zeros(hidden.shape[0], device=hidden.device)
+        for i in range(depth):
+            state, logits = self.step(i, state, tokens)
+            logits = logits.float()
+            best, top = logits.max(dim=-1)
+            score = score + best - torch.logsumexp(logits, dim=-1)
+            tokens = self.head_to_vocab(top)
+            path.append(tokens)
+        return torch.stack(path, dim=1).unsqueeze(1), score.unsqueeze(1)

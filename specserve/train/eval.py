@@ -61,6 +61,8 @@ def evaluate_speculator(args: argparse.Namespace) -> dict[str, Any]:
             "mean_accepted_tokens_per_step": stats.get("mean_accepted_tokens_per_step"),
             "spec_acceptance_per_stage": stats.get("spec_acceptance_per_stage"),
             "spec_accepted_length_histogram": stats.get("spec_accepted_length_histogram"),
+            "spec_proposal_ms_per_step": stats.get("spec_proposal_ms_per_step"),
+            "spec_proposal_time_share": stats.get("spec_proposal_time_share"),
             "tok_s": sum(len(t) for t in tokens[name]) / elapsed[name],
             "speedup": elapsed["plain"] / elapsed[name] * sum(len(t) for t in tokens[name]) / max(num_tokens, 1),
             "outputs_identical": tokens[name] == tokens["plain"],
@@ -80,7 +82,18 @@ def print_report(report: dict[str, Any]) -> str:
         lines.append(
             f"{name}: candidates {run['num_candidates']}, mean accepted tokens/step "
             f"{mean if mean is None else round(mean, 3)} (bonus included), per stage {stages}, "
-            f"histogram {run['spec_accepted_length_histogram']}, {run['tok_s']:.1f} tok/s "
+            f"histogram {run['spec_accepted_length_histogram']}, speculator {_ms(run)} per step "
+            f"({_share(run)} of the base step), {run['tok_s']:.1f} tok/s "
             f"({run['speedup']:.2f}x), identical outputs: {run['outputs_identical']} "
             f"({run['num_identical']}/{report['num_prompts']})")
     return "\n".join(lines)
+
+
+def _ms(run: dict[str, Any]) -> str:
+    value = run.get("spec_proposal_ms_per_step")
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def _share(run: dict[str, Any]) -> str:
+    value = run.get("spec_proposal_time_share")
+    return "-" if value is None else f"{100 * value:.1f}%"

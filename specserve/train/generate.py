@@ -15,8 +15,13 @@ from specserve.sampling_params import SamplingParams
 
 
 def generate_responses(bundle: Any, conversations: list[list[dict[str, str]]], out_file: Path,
-                       max_new_tokens: int, batch_size: int = 64, progress: Any = None) -> list[dict[str, Any]]:
-    """Generate (or resume) responses for every conversation; returns all rows in order."""
+                       max_new_tokens: int, batch_size: int = 64, progress: Any = None,
+                       requests_per_write: int = 256) -> list[dict[str, Any]]:
+    """Generate (or resume) responses for every conversation; returns all rows in order.
+
+    ``batch_size`` requests run at once; ``requests_per_write`` are queued per call, so a finished
+    request's slot is refilled at once instead of waiting for the slowest answer of its batch.
+    """
     rows: list[dict[str, Any]] = []
     if out_file.exists():
         rows = [json.loads(line) for line in out_file.read_text().splitlines() if line.strip()]
@@ -30,8 +35,8 @@ def generate_responses(bundle: Any, conversations: list[list[dict[str, str]]], o
     params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     with open(out_file, "a", encoding="utf-8") as f:
-        for start in range(len(rows), len(conversations), batch_size):
-            batch = conversations[start:start + batch_size]
+        for start in range(len(rows), len(conversations), requests_per_write):
+            batch = conversations[start:start + requests_per_write]
             for out in llm.chat(batch, params):
                 row = {"prompt_ids": list(out.prompt_token_ids), "response_ids": list(out.outputs[0].token_ids)}
                 rows.append(row)

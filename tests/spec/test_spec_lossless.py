@@ -151,3 +151,5 @@ def test_metrics_reported(tiny_bundle, reference) -> None:
                 "spec_acceptance_per_stage", "spec_accepted_length_histogram"):
         assert key in stats
     assert sum(stats["spec_accepted_length_histogram"].values()) == stats["spec_steps"]
+    # the speculator's cost is timed on the steps that proposed drafts, against the base step
+    assert stats["spec_proposal_ms_per_step"] > 0 and 0 < stats["spec_proposal_time_share"] < 100
