@@ -54,10 +54,16 @@ def enable_fast_linear(model: nn.Module, pack: bool = True) -> int:
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     size = sum(m.weight.numel() * m.weight.element_size() for m in linears)
     pack = pack and size <= PACK_MAX_BYTES
+    packed_by_weight: dict[tuple[int, torch.dtype, tuple[int, ...]], torch.Tensor | None] = {}
     for module in linears:
         module.__class__ = FastLinear
         if pack:
-            module.packed = pack_weight(module.weight.detach())
+            # Tied layers (a speculator's stages share one head) share one packed copy: less memory,
+            # and the later stages read it from cache instead of from DRAM.
+            key = (module.weight.data_ptr(), module.weight.dtype, tuple(module.weight.shape))
+            if key not in packed_by_weight:
+                packed_by_weight[key] = pack_weight(module.weight.detach())
+            module.packed = packed_by_weight[key]
     if pack and hasattr(model, "get_output_embeddings"):
         head = model.get_output_embeddings()
         head = head if isinstance(head, torch.Tensor) else head.weight

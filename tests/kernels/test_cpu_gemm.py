@@ -77,6 +77,20 @@ def test_fast_linear_modules_keep_outputs_and_gradients():
                                                         model[2].weight))
 
 
+def test_tied_linears_share_one_packed_copy():
+    # A speculator's stages share one head weight: one packed copy serves them all, and untied
+    # layers of the same shape still get their own.
+    first, tied, other = nn.Linear(48, 40, bias=False), nn.Linear(48, 40, bias=False), nn.Linear(48, 40, bias=False)
+    tied.weight = first.weight
+    model = nn.ModuleList([first, tied, other])
+    enable_fast_linear(model)
+    assert first.packed is not None and tied.packed is first.packed and other.packed is not first.packed
+    x = torch.randn(2, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(tied(x), F.linear(x, first.weight), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(other(x), F.linear(x, other.weight), rtol=1e-5, atol=1e-5)
+
+
 def test_library_is_cached_by_source_hash(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECSERVE_HOME", str(tmp_path))
     first = build.build_library()

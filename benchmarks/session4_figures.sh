@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Session 4 figures: the retrained speculators on held-out prompts, and the speculation benchmarks.
+# Usage: bash benchmarks/session4_figures.sh [THREADS]  -> benchmarks/results/*.json and *.txt
+# MLP and MEDUSA name the speculators to compare (defaults: the shipped MLP, runs/medusa-full/medusa).
+# Set ONLY=name1,name2 to run a subset.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=${1:-2}
+OUT=benchmarks/results
+MLP=${MLP:-default}
+MEDUSA=${MEDUSA:-medusa:runs/medusa-full/medusa}
+mkdir -p "$OUT"
+want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+evaluate() {  # name, then eval-speculator arguments
+  local name=$1; shift
+  want "$name" || return 0
+  echo "== $name: specserve eval-speculator $* (load: $(load))"
+  .venv/bin/specserve eval-speculator "$@" --threads "$T" --json > "$OUT/$name.json"
+  .venv/bin/python -c "import json,sys; from specserve.train.eval import print_report; print(print_report(json.load(open(sys.argv[1]))))" "$OUT/$name.json" | tee "$OUT/$name.txt"
+}
+bench() {  # name, then bench arguments
+  local name=$1; shift
+  want "$name" || return 0
+  echo "== $name: specserve bench $* (load: $(load))"
+  .venv/bin/specserve bench "$@" --threads "$T" --json "$OUT/$name.json" | tee "$OUT/$name.txt"
+}
+EVAL="--num-prompts 32 --max-tokens 128 --batch-size 1"
+evaluate eval_mlp_float32 --speculator "$MLP" $EVAL
+evaluate eval_medusa_float32 --speculator "$MEDUSA" $EVAL
+evaluate eval_ngram_float32 --speculator ngram $EVAL
+evaluate eval_mlp_bfloat16 --speculator "$MLP" $EVAL --dtype bfloat16
+bench latency_float32 latency --dtype float32 --configs off,ngram,mlp,auto --num-prompts 4 --max-tokens 128 --speculator "$MLP"
+bench latency_bfloat16 latency --dtype bfloat16 --configs off,ngram,mlp,auto --num-prompts 4 --max-tokens 128 --speculator "$MLP"
+bench throughput_float32 throughput --dtype float32 --concurrency 1,8,32 --configs off,auto --max-tokens 128 --num-requests 32 --speculator "$MLP"
+bench throughput_bfloat16 throughput --dtype bfloat16 --concurrency 1,8,32 --configs off,auto --max-tokens 128 --num-requests 32 --speculator "$MLP"
