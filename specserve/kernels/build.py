@@ -1,4 +1,5 @@
-"""Builds the hand-written CPU kernels (cpu_gemm*.c, cpu_attention.c, cpu_fused.c, cpu_decoder.c) with gcc at first use.
+"""Builds the hand-written CPU kernels (cpu_gemm*.c, cpu_attention.c, cpu_fused.c, cpu_decoder.c,
+cpu_speculator.c) with gcc at first use.
 
 The shared library is cached under SPECSERVE_HOME/kernels, keyed by the sources' hash and the compile
 flags, and written atomically (concurrent builders each compile to a temporary file). A missing
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
 SOURCES = [_HERE / name for name in ("cpu_gemm.c", "cpu_gemm_packed.c", "cpu_attention.c", "cpu_attention_bf16.c",
-                                     "cpu_fused.c", "cpu_decoder.c")]
+                                     "cpu_fused.c", "cpu_decoder.c", "cpu_speculator.c")]
 HEADERS = [_HERE / "cpu_common.h", _HERE / "cpu_attention_impl.h"]
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
@@ -45,6 +46,7 @@ class CpuKernels:
     rope_write_kv: Any
     silu_mul: Any
     llama_decoder: Any
+    mlp_chain: Any
 
 
 _library: CpuKernels | None = None
@@ -102,7 +104,7 @@ def _bind(lib: ctypes.CDLL, has_bf16: bool) -> CpuKernels:
            "specserve_add_rms_norm": [_VOIDP] * 5 + [_INT, _INT, _FLOAT, _INT],
            "specserve_rope_write_kv": [_VOIDP] * 7 + [_INT] * 5,
            "specserve_silu_mul": [_VOIDP] * 2 + [_INT] * 3,
-           "specserve_llama_decoder": [_VOIDP] * 2}
+           "specserve_llama_decoder": [_VOIDP] * 2, "specserve_mlp_chain": [_VOIDP]}
     for name, args in fns.items():
         fn = getattr(lib, name)
         fn.argtypes = args
@@ -114,7 +116,8 @@ def _bind(lib: ctypes.CDLL, has_bf16: bool) -> CpuKernels:
                       gemm_packed_bf16=lib.specserve_gemm_packed_bf16 if has_bf16 else None,
                       paged_attention=lib.specserve_paged_attention,
                       add_rms_norm=lib.specserve_add_rms_norm, rope_write_kv=lib.specserve_rope_write_kv,
-                      silu_mul=lib.specserve_silu_mul, llama_decoder=lib.specserve_llama_decoder)
+                      silu_mul=lib.specserve_silu_mul, llama_decoder=lib.specserve_llama_decoder,
+                      mlp_chain=lib.specserve_mlp_chain)
 
 
 def load_library() -> CpuKernels | None:

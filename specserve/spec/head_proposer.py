@@ -18,6 +18,8 @@ class HeadProposer:
         self.name = name
         self.model = model.to(device=device, dtype=dtype).eval()
         enable_fast_linear(self.model)  # its few-row products go to the CPU kernel, as the base model's
+        if hasattr(self.model, "attach_cpu_chain"):
+            self.model.attach_cpu_chain()  # single-chain proposals in one kernel call
         if model.vocab_map is not None:
             model.vocab_map = model.vocab_map.to(device)
         self.n_predict: int = model.n_predict if hasattr(model, "n_predict") else model.config.n_predict

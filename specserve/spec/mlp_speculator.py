@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from specserve.spec.cpu_chain import CpuChain
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,15 @@ class MLPSpeculator(nn.Module):
                              persistent=False)
         if config.tie_weights:
             self.tie()
+        self.cpu_chain: CpuChain | None = None  # set by attach_cpu_chain() once packed weights exist
+
+    def attach_cpu_chain(self) -> bool:
+        """Use the one-call CPU chain kernel for single-chain proposals when it applies (after
+        enable_fast_linear has packed the weights); returns whether it was attached."""
+        from specserve.spec.cpu_chain import CpuChain
+
+        self.cpu_chain = CpuChain.build(self)
+        return self.cpu_chain is not None
 
     def tie(self) -> None:
         """Share emb, head and ln across stages, and proj[2:] with proj[1] (IBM's tie_weights)."""
@@ -170,6 +183,9 @@ class MLPSpeculator(nn.Module):
         The same path as the tree search with top-k 1 everywhere, in fewer operations: a decode step
         on this CPU is ~10 ms, so the few hundred microseconds of tree bookkeeping matter.
         """
+        if depth and self.cpu_chain is not None and self.cpu_chain.applies(hidden):
+            tokens, scores = self.cpu_chain.propose(hidden, token_ids, depth)
+            return tokens.unsqueeze(1), scores.unsqueeze(1)
         state = self.input_state(hidden)
         tokens = token_ids
         path, score = [], torch.zeros(hidden.shape[0], device=hidden.device)

@@ -42,3 +42,40 @@ def test_chain_is_the_best_path_of_a_tree_that_contains_it() -> None:
         match = (tree[b] == chain[b, 0]).all(-1).nonzero()
         assert len(match) == 1
         torch.testing.assert_close(tree_scores[b, match[0, 0]], chain_score[b, 0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tie,head_vocab,scale_input", [(True, 64, True), (False, 0, False)])
+def test_cpu_chain_kernel_matches_the_pytorch_chain(dtype, tie: bool, head_vocab: int, scale_input: bool) -> None:
+    from specserve.kernels.build import load_library
+    from specserve.model.fast_linear import enable_fast_linear
+
+    kernels = load_library()
+    if kernels is None or (dtype == torch.bfloat16 and kernels.gemm_packed_bf16 is None):
+        pytest.skip("no CPU kernels here")
+    model = MLPSpeculator(MLPSpeculatorConfig(48, 200, 3, inner_dim=0 if tie else 32, tie_weights=tie,
+                                              scale_input=scale_input, head_vocab_size=head_vocab))
+    model.reset_parameters(torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        for norm in model.ln:  # non-trivial norm weights and biases, so that they are exercised
+            norm.weight.add_(torch.randn(norm.weight.shape, generator=torch.Generator().manual_seed(8)) * 0.3)
+            norm.bias.add_(torch.randn(norm.bias.shape, generator=torch.Generator().manual_seed(9)) * 0.3)
+    if head_vocab:
+        model.vocab_map = torch.randperm(200, generator=torch.Generator().manual_seed(4))[:head_vocab].sort().values
+    model = model.to(dtype).eval()
+    enable_fast_linear(model)
+    hidden = torch.randn(32, 48, generator=torch.Generator().manual_seed(10)).to(dtype)
+    last = torch.randint(0, 200, (32,), generator=torch.Generator().manual_seed(11))
+    want, want_scores = model.propose_paths(hidden, last, [1, 1, 1], 1)
+    assert model.attach_cpu_chain()
+    for depth in (1, 3):
+        got, got_scores = model.propose_paths(hidden, last, [1] * depth, 1)
+        assert got.shape == (32, 1, depth)
+        same = (got == want[:, :, :depth]).all(-1).float().mean().item()
+        # float32 differs only in summation order (near-ties could flip, none occur here); bfloat16
+        # rounds where PyTorch rounds, so only rare one-ulp differences may change a token
+        assert same == 1.0 if dtype == torch.float32 else same >= 0.9
+    agree = (got == want).all(-1).squeeze(1)
+    torch.testing.assert_close(got_scores[agree], want_scores[agree], rtol=0, atol=1e-4 if dtype == torch.float32 else 0.1)
+    model.cpu_chain = None
+    assert torch.equal(model.propose_paths(hidden, last, [1, 1, 1], 1)[0], want)

@@ -1,0 +1,121 @@
+// An MLP speculator's single-chain proposal (every stage's argmax) in one call, for CPU decode.
+//
+// Why: a chain of three stages is ~25 small PyTorch ops around three products with the head; at one
+// request those ops cost about as much as the products themselves (~1 ms of a ~12 ms bfloat16 step).
+// The products use the packed GEMM (cpu_gemm_packed.c), the rest is plain C over a few hundred values.
+// Numerics follow the PyTorch path (model/spec/mlp_speculator.py): float32 maths, rounding to bfloat16
+// where PyTorch rounds; sums are ordered differently, so a near-tie between two tokens may resolve
+// the other way. A proposal only decides what gets verified, never what is emitted.
+#include <math.h>
+#include <stdint.h>
+
+#include "cpu_common.h"
+
+void specserve_gemm_packed_f32(const float* x, const float* p, float* y, int M, int N, int K, int threads);
+void specserve_gemm_packed_bf16(const uint16_t* x, const uint16_t* p, uint16_t* y, int M, int N, int K,
+                                int threads);
+
+typedef struct {
+  int M, depth, emb_dim, inner, head_rows, is_bf16, threads, scale_input;
+  float eps, input_eps, emb_scale, state_weight;
+  const void* hidden;           // [M, emb_dim]: the base model's last hidden state per request
+  const int64_t* last_tokens;   // [M]: the token each request just produced
+  const void* const* emb;       // per stage: [vocab, inner] (not packed: rows are looked up)
+  const void* const* proj;      // per stage: packed [inner, emb_dim at stage 0 else inner]
+  const void* const* ln_weight; // per stage: [inner]
+  const void* const* ln_bias;   // per stage: [inner]
+  const void* const* head;      // per stage: packed [head_rows, inner]
+  const int64_t* vocab_map;     // [head_rows] token id of each head row, or NULL (head covers the vocab)
+  void* state;                  // scratch [M, max(emb_dim, inner)], the dtype
+  void* projected;              // scratch [M, inner]
+  void* logits;                 // scratch [M, head_rows]
+  float* work;                  // scratch [inner]
+  int64_t* out_tokens;          // [M, depth]
+  float* out_scores;            // [M]: the chain's summed log-probabilities (under each stage's head)
+} MlpChain;
+
+ALWAYS_INLINE float get(const void* p, int64_t i, int bf16) {
+  return bf16 ? from_bf16(((const uint16_t*)p)[i]) : ((const float*)p)[i];
+}
+ALWAYS_INLINE float rnd(float v, int bf16) { return bf16 ? from_bf16(to_bf16(v)) : v; }
+ALWAYS_INLINE void put(void* p, int64_t i, float v, int bf16) {
+  if (bf16) ((uint16_t*)p)[i] = to_bf16(v);
+  else ((float*)p)[i] = v;
+}
+
+static void gemm(const MlpChain* s, const void* x, const void* packed, void* y, int N, int K) {
+  if (s->is_bf16)
+    specserve_gemm_packed_bf16((const uint16_t*)x, (const uint16_t*)packed, (uint16_t*)y, s->M, N, K, s->threads);
+  else
+    specserve_gemm_packed_f32((const float*)x, (const float*)packed, (float*)y, s->M, N, K, s->threads);
+}
+
+void specserve_mlp_chain(const MlpChain* s) {
+  const int bf16 = s->is_bf16, d = s->emb_dim, n = s->inner;
+  // Input state: the hidden state, RMS-normalised without weights and divided by sqrt(2) (scale_input).
+  for (int m = 0; m < s->M; m++) {
+    const int64_t row = (int64_t)m * d;
+    float ss = 0.0f;
+    if (s->scale_input)
+      for (int j = 0; j < d; j++) { float v = get(s->hidden, row + j, bf16); ss += v * v; }
+    const float inv = s->scale_input ? 1.0f / sqrtf(ss / d + s->input_eps) : 1.0f;
+    for (int j = 0; j < d; j++) {
+      float v = get(s->hidden, row + j, bf16);
+      if (s->scale_input) v = rnd(v * inv, bf16) / (float)M_SQRT2;
+      put(s->state, row + j, v, bf16);
+    }
+  }
+  int in_dim = d;
+  for (int i = 0; i < s->depth; i++) {
+    gemm(s, s->state, s->proj[i], s->projected, n, in_dim);
+    for (int m = 0; m < s->M; m++) {
+      const int64_t row = (int64_t)m * n;
+      const int64_t tok = i == 0 ? s->last_tokens[m] : s->out_tokens[(int64_t)m * s->depth + i - 1];
+      const int64_t emb_row = tok * n;
+      // u = proj(state) * state_weight + emb(token) * emb_scale, each product rounded as PyTorch does
+      float ss = 0.0f;
+      for (int j = 0; j < n; j++) {
+        const float z = rnd(get(s->emb[i], emb_row + j, bf16) * s->emb_scale, bf16);
+        const float u = rnd(rnd(get(s->projected, row + j, bf16) * s->state_weight, bf16) + z, bf16);
+        s->work[j] = u;
+        ss += u * u;
+      }
+      // RMS norm with weight and bias, then exact (erf) GELU
+      const float inv = 1.0f / sqrtf(ss / n + s->eps);
+      for (int j = 0; j < n; j++) {
+        float v = rnd(s->work[j] * inv, bf16);
+        v = rnd(rnd(v * get(s->ln_weight[i], j, bf16), bf16) + get(s->ln_bias[i], j, bf16), bf16);
+        put(s->state, row + j, 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2)), bf16);
+      }
+    }
+    gemm(s, s->state, s->head[i], s->logits, s->head_rows, n);
+    for (int m = 0; m < s->M; m++) {  // argmax (first index on ties, as torch.max) and its log-probability
+      const int64_t row = (int64_t)m * s->head_rows;
+      int best = 0;
+      float best_value = get(s->logits, row, bf16);
+      for (int r = 1; r < s->head_rows; r++) {
+        const float v = get(s->logits, row + r, bf16);
+        if (v > best_value) { best_value = v; best = r; }
+      }
+      float sum = 0.0f;
+      int r = 0;
+      if (bf16) {
+        __m512 acc = _mm512_setzero_ps();
+        for (; r + 16 <= s->head_rows; r += 16)
+          acc = _mm512_add_ps(acc, exp512(_mm512_sub_ps(load16_bf16((const uint16_t*)s->logits + row + r),
+                                                        _mm512_set1_ps(best_value))));
+        sum = _mm512_reduce_add_ps(acc);
+      } else {
+        __m512 acc = _mm512_setzero_ps();
+        for (; r + 16 <= s->head_rows; r += 16)
+          acc = _mm512_add_ps(acc, exp512(_mm512_sub_ps(_mm512_loadu_ps((const float*)s->logits + row + r),
+                                                        _mm512_set1_ps(best_value))));
+        sum = _mm512_reduce_add_ps(acc);
+      }
+      for (; r < s->head_rows; r++) sum += expf(get(s->logits, row + r, bf16) - best_value);
+      s->out_scores[m] = (i == 0 ? 0.0f : s->out_scores[m]) - logf(sum);
+      s->out_tokens[(int64_t)m * s->depth + i] = s->vocab_map ? s->vocab_map[best] : best;
+    }
+    in_dim = n;
+  }
+}
