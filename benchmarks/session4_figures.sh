@@ -32,5 +32,5 @@ evaluate eval_ngram_float32 --speculator ngram $EVAL
 evaluate eval_mlp_bfloat16 --speculator "$MLP" $EVAL --dtype bfloat16
 bench latency_float32 latency --dtype float32 --configs off,ngram,mlp,auto --num-prompts 4 --max-tokens 128 --speculator "$MLP"
 bench latency_bfloat16 latency --dtype bfloat16 --configs off,ngram,mlp,auto --num-prompts 4 --max-tokens 128 --speculator "$MLP"
-bench throughput_float32 throughput --dtype float32 --concurrency 1,8,32 --configs off,auto --max-tokens 128 --num-requests 32 --speculator "$MLP"
-bench throughput_bfloat16 throughput --dtype bfloat16 --concurrency 1,8,32 --configs off,auto --max-tokens 128 --num-requests 32 --speculator "$MLP"
+bench throughput_float32 throughput --dtype float32 --concurrency 1,8,32 --configs off,auto --max-tokens 128 --num-requests 32 --repeats 2 --speculator "$MLP"
+bench throughput_bfloat16 throughput --dtype bfloat16 --concurrency 1,8,32 --configs off,auto --max-tokens 128 --num-requests 32 --repeats 2 --speculator "$MLP"

@@ -7,8 +7,9 @@ from conftest import assert_machine
 def test_throughput_per_concurrency_and_setup(run_bench, tiny_llama_dir, bench_mlp_dir):
     result = run_bench("throughput", "--model", str(tiny_llama_dir), "--configs", "auto,off,on",
                        "--speculator", str(bench_mlp_dir), "--concurrency", "1,3", "--num-requests", "4",
-                       "--max-tokens", "8", "--kv-cache-memory", "8MiB")
+                       "--max-tokens", "8", "--kv-cache-memory", "8MiB", "--repeats", "2")
     assert_machine(result)
+    assert result["config"]["repeats"] == 2
     rows = result["rows"]
     assert [(r["concurrency"], r["config"]) for r in rows] == [
         (c, s) for c in (1, 3) for s in ("auto (mlp)", "off", "on (mlp)")]
@@ -24,3 +25,8 @@ def test_throughput_per_concurrency_and_setup(run_bench, tiny_llama_dir, bench_m
 def test_throughput_rejects_bad_concurrency(run_bench, tiny_llama_dir):
     with pytest.raises(ValueError, match="positive integers"):
         run_bench("throughput", "--model", str(tiny_llama_dir), "--concurrency", "0,2")
+
+
+def test_throughput_rejects_bad_repeats(run_bench, tiny_llama_dir):
+    with pytest.raises(ValueError, match="--repeats"):
+        run_bench("throughput", "--model", str(tiny_llama_dir), "--repeats", "0")
