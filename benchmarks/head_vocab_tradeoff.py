@@ -6,7 +6,8 @@ For head sizes N, reports (1) the share of the base model's greedy tokens, on th
 shards (every tenth shard, which training never sees), that lie in the N most frequent tokens counted
 on the training shards (the same count as the trainer's vocab map), an upper bound on every stage's
 acceptance; (2) the time of one chain proposal (3 stages, batch 1) of a tied MLP speculator with that
-head, through the same CPU kernels as in the engine, in float32 and bfloat16.
+head, through the same CPU kernels as in the engine (packed GEMMs, the one-call chain), in float32 and
+bfloat16.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def chain_ms(head_vocab: int, dtype: torch.dtype, iters: int = 200) -> float:
     model.reset_parameters(torch.Generator().manual_seed(0))
     model = model.to(dtype).eval()
     enable_fast_linear(model)
+    model.attach_cpu_chain()  # the engine's chain path: packed GEMMs in one C call
     hidden, last = torch.randn(1, 576, dtype=dtype), torch.tensor([42])
     for _ in range(10):
         model.propose_paths(hidden, last, [1, 1, 1], 1)

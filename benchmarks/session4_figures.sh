@@ -25,6 +25,8 @@ bench() {  # name, then bench arguments
   echo "== $name: specserve bench $* (load: $(load))"
   .venv/bin/specserve bench "$@" --threads "$T" --json "$OUT/$name.json" | tee "$OUT/$name.txt"
 }
+if want speculator_cost; then echo "== speculator_cost (load: $(load))"; .venv/bin/python benchmarks/speculator_cost.py --threads "$T" --iters 200 | tee "$OUT/speculator_cost.txt"; fi
+if want head_vocab; then echo "== head_vocab (load: $(load))"; .venv/bin/python benchmarks/head_vocab_tradeoff.py "${RUN:-runs/mlp-full}" --threads "$T" | tee "$OUT/head_vocab_tradeoff.txt"; fi
 EVAL="--num-prompts 32 --max-tokens 128 --batch-size 1"
 evaluate eval_mlp_float32 --speculator "$MLP" $EVAL
 evaluate eval_medusa_float32 --speculator "$MEDUSA" $EVAL

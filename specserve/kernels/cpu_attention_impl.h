@@ -143,10 +143,13 @@ ALWAYS_INLINE int acc_dim(int i) {
 
 // Rows are (KV head, new token, query head of its group), KV-head-major, so each KV head's rows are
 // contiguous for the P.V tiles: nkv heads from kvh0, qn tokens from q0, G = H / Hkv heads each.
+// key_pos (NULL = none): the keys past the cached ones are not the next q_len positions but the listed
+// ones (absolute positions, in order), all visible; the caller passes the visible new tokens of one
+// query token so that its keys fall into the same blocks and lanes as in a plain decode step.
 ALWAYS_INLINE void attend_group_impl(const void* q, const void* kc, const void* vc, void* out, const int mode,
                                      int q0, int qn, int q_len, int seq_len, const int32_t* table,
-                                     const uint8_t* mask, int kvh0, int nkv, int H, int Hkv, int D, int bs,
-                                     float scale) {
+                                     const uint8_t* mask, const int32_t* key_pos, int kvh0, int nkv, int H,
+                                     int Hkv, int D, int bs, float scale) {
   const int is_bf16 = mode != 0, G = H / Hkv, per_head = qn * G, rows = nkv * per_head;
   const int cached = seq_len - q_len, nc = D / 16, nc2 = D / 32;
   const size_t esz = is_bf16 ? 2 : 4, head_bytes = (size_t)D * esz, slot_bytes = (size_t)Hkv * head_bytes;
@@ -182,6 +185,10 @@ ALWAYS_INLINE void attend_group_impl(const void* q, const void* kc, const void* 
     int blk = j0 / bs, off = j0 % bs;
     for (int j = 0; j < KEYS; j++) {
       size_t slot = (size_t)table[blk] * bs + off;
+      if (key_pos && j < nk && j0 + j >= cached) {  // a compacted key list: its new keys by position
+        const int p = key_pos[j0 + j - cached];
+        slot = (size_t)table[p / bs] * bs + p % bs;
+      }
       krows[j] = j < nk ? kbase + slot * slot_bytes : krows[0];
       vrows[j] = j < nk ? vbase + slot * slot_bytes : vrows[0];
       if (++off == bs) { off = 0; blk++; }
@@ -208,7 +215,7 @@ ALWAYS_INLINE void attend_group_impl(const void* q, const void* kc, const void* 
       }
       for (int r = hh * per_head; r < (hh + 1) * per_head; r++) {
         __mmask16 visible = in_block;
-        if (j0 + nk > cached) {  // the block reaches the new tokens: causal or custom mask
+        if (!key_pos && j0 + nk > cached) {  // the block reaches the new tokens: causal or custom mask
           const int i = q0 + (r % per_head) / G;
           for (int j = 0; j < nk; j++) {
             int pos = j0 + j;

@@ -40,7 +40,14 @@ class Level:
         return f"d{self.depth}c{self.candidates}"
 
 
-MIN_RATE = 0.1  # accepted drafts per draft token below which a request stops speculating
+MIN_RATE = 0.05  # accepted drafts per draft token below which a request stops speculating
+# A request's rate is a slow EMA that starts from the rate of all requests so far: a chain accepts
+# nothing in about half of its steps even when it pays (held-out chat, the shipped speculator), so a
+# fast EMA, or one that starts from the request's first step, benched good requests after one or two
+# unlucky steps (at one request the engine then speculated in a quarter of its steps instead of all).
+REQUEST_RATE_DECAY = 0.9
+# A request's own acceptance at a level weighs count / (count + this) against every request's.
+REQUEST_PRIOR_STEPS = 16
 # A speculative level must promise this much more goodput than no speculation. The cost model is an
 # EMA over noisy step times (and extrapolates unseen sizes), so a predicted gain of a few percent is
 # within its error: at 32 requests on the 2-core EPYC, levels predicted ~5% ahead measured 20% behind.
@@ -102,11 +109,13 @@ class AcceptanceStats:
 
     emitted: dict[Level, float] = field(default_factory=dict)
     nodes: dict[Level, float] = field(default_factory=dict)
+    count: dict[Level, int] = field(default_factory=dict)
     decay: float = 0.95
 
     def observe(self, level: Level, emitted: int, num_nodes: int) -> None:
         for table, value in ((self.emitted, float(emitted)), (self.nodes, float(num_nodes))):
             table[level] = ema(table.get(level), value, self.decay)
+        self.count[level] = self.count.get(level, 0) + 1
 
 
 class SpeculationPolicy:
@@ -127,6 +136,7 @@ class SpeculationPolicy:
         # MIN_RATE sit out (no drafts) until their estimate is reset for a retry.
         self.request_rate: dict[str, float] = {}
         self.drafts_per_depth: float | None = None  # EMA of accepted drafts / level depth, any level
+        self.global_rate: float | None = None  # EMA of accepted drafts per draft token, all requests
         self._step = 0
         self.last_level: Level = self.levels[-1]
 
@@ -145,7 +155,9 @@ class SpeculationPolicy:
         self.request_stats.setdefault(request_id, AcceptanceStats(decay=0.8)).observe(level, emitted, num_nodes)
         if num_nodes:
             rate = (emitted - 1) / num_nodes
-            self.request_rate[request_id] = ema(self.request_rate.get(request_id), rate, 0.7)
+            self.global_rate = ema(self.global_rate, rate, 0.95)
+            start = self.request_rate.get(request_id, self.global_rate)
+            self.request_rate[request_id] = ema(start, rate, REQUEST_RATE_DECAY)
 
     def release(self, request_id: str) -> None:
         self.request_stats.pop(request_id, None)
@@ -157,9 +169,17 @@ class SpeculationPolicy:
         if level.depth == 0:
             return 1.0, 0.0
         stats = self.request_stats.get(request_id) if request_id else None
-        for source in (stats, self.global_stats):
-            if source is not None and level in source.emitted:
-                return source.emitted[level], source.nodes[level]
+        glob = self.global_stats
+        if stats is not None and level in stats.emitted:
+            if level not in glob.emitted:
+                return stats.emitted[level], stats.nodes[level]
+            # A request's own figures count in proportion to how many steps they rest on: a few
+            # unlucky steps must not stop a request whose drafts pay on average.
+            weight = stats.count[level] / (stats.count[level] + REQUEST_PRIOR_STEPS)
+            return (weight * stats.emitted[level] + (1 - weight) * glob.emitted[level],
+                    weight * stats.nodes[level] + (1 - weight) * glob.nodes[level])
+        if level in glob.emitted:
+            return glob.emitted[level], glob.nodes[level]
         # Prior for an untried level: the acceptance seen so far at other levels (or every draft
         # accepted, before any), spread along one path.
         per_depth = 1.0 if self.drafts_per_depth is None else self.drafts_per_depth

@@ -26,7 +26,7 @@ def evaluate_speculator(args: argparse.Namespace) -> dict[str, Any]:
     convs = load_prompts(args.prompts or default_prompt_file("heldout"))[:args.num_prompts or None]
     bundle = load_bundle(args.model, args.dtype, args.device)
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
-    common = dict(bundle=bundle, kv_cache_memory="512MiB", max_num_seqs=max(args.batch_size, 1),
+    common = dict(bundle=bundle, dtype=args.dtype, kv_cache_memory="512MiB", max_num_seqs=max(args.batch_size, 1),
                   enable_prefix_caching=False)
     if not args.speculator:
         raise ValueError("--speculator is required")

@@ -125,3 +125,42 @@ def test_long_prefill_with_history_uses_causal_offset() -> None:
     q = torch.randn(new, 4, 8, generator=gen)
     torch.testing.assert_close(paged_attention(q, k_cache, v_cache, md),
                                reference_paged_attention(q, k_cache, v_cache, md), rtol=1e-4, atol=1e-5)
+
+
+def _kernel_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, cached: int,
+                      mask: torch.Tensor | None, block_size: int = 16) -> torch.Tensor:
+    """One request through the CPU kernel: keys/values [length, Hkv, D] on shuffled blocks."""
+    length = keys.shape[0]
+    num_blocks = (length + block_size - 1) // block_size
+    blocks = torch.randperm(num_blocks + 2, generator=torch.Generator().manual_seed(length))[:num_blocks].tolist()
+    k_cache = torch.zeros(num_blocks + 2, block_size, *keys.shape[1:], dtype=keys.dtype)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.tensor([blocks[p // block_size] * block_size + p % block_size for p in range(length)])
+    write_kv(keys, values, k_cache, v_cache, slots)
+    md = AttentionMetadata(slot_mapping=slots[cached:], query_start_loc=[0, length - cached], seq_lens=[length],
+                           block_tables=torch.tensor([blocks]), block_size=block_size,
+                           custom_masks=[mask] if mask is not None else [])
+    out = torch.empty_like(query)
+    assert cpu_short_attention(query, k_cache, v_cache, out, CpuAttentionPlan(md, [0]), query.shape[-1] ** -0.5)
+    return out
+
+
+@pytest.mark.skipif(load_library() is None, reason="no AVX-512 CPU or no gcc here")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tree_token_attends_exactly_as_a_decode_step_of_its_path(dtype: torch.dtype) -> None:
+    # Greedy speculation must give the tokens of plain decoding, so a tree node's attention must equal,
+    # to the bit, that of a decode step after its path was accepted (its keys right after the cache).
+    # The cache ends 3 short of a 16-key block, so the tree's nodes spill into the next block.
+    gen = torch.Generator().manual_seed(3)
+    cached, parents = 109, [-1, 0, 0, 1, 2, 3, -1, 6, 4]
+    new = 1 + len(parents)
+    keys = torch.randn(cached + new, 3, 64, generator=gen).to(dtype)
+    values = torch.randn(cached + new, 3, 64, generator=gen).to(dtype)
+    query = torch.randn(new, 9, 64, generator=gen).to(dtype)
+    mask = tree_mask(1, parents)
+    tree_out = _kernel_attention(query, keys, values, cached, mask)
+    for i in range(new):
+        path = [cached + k for k in range(new) if mask[i, k]]  # the real token, ancestors, itself
+        index = torch.tensor(list(range(cached)) + path)
+        decode_out = _kernel_attention(query[i:i + 1], keys[index], values[index], cached + len(path) - 1, None)
+        assert torch.equal(tree_out[i], decode_out[0]), f"tree token {i}"
