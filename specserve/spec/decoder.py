@@ -102,14 +102,21 @@ class SpecDecoder:
                     self.policy.observe_request(rid, level, len(result.token_ids), len(item.tree))
         return results
 
-    def propose(self, requests: list[ProposalRequest], hidden: torch.Tensor | None,
-                num_other_tokens: int) -> list[DraftTree]:
-        levels = self.policy.choose([r.request_id for r in requests], num_other_tokens)
+    def choose(self, request_ids: list[str], num_other_tokens: int) -> list[Level]:
+        """The speculation level of each request for the next step (remembered for verification)."""
+        levels = self.policy.choose(request_ids, num_other_tokens)
+        for rid, level in zip(request_ids, levels):
+            self.levels[rid] = level
+        return levels
+
+    def propose(self, requests: list[ProposalRequest], hidden: torch.Tensor | None) -> list[DraftTree]:
+        """Drafts for requests whose level (set by ``choose`` this step) speculates; ``hidden`` holds
+        their rows in the same order."""
         active = []
-        for req, level in zip(requests, levels):
+        for req in requests:
+            level = self.levels[req.request_id]
             req.max_depth = min(req.max_depth, level.depth)
             req.num_candidates = level.candidates
-            self.levels[req.request_id] = level
             if req.max_depth > 0:
                 active.append(req)
         trees = {r.request_id: DraftTree() for r in requests}

@@ -187,8 +187,15 @@ class ModelRunner:
     def _propose(self, out: SchedulerOutput, hidden: torch.Tensor, items: list[tuple[int, ScheduledRequest]],
                  last_rows: list[int], results: dict[str, RequestStepResult]) -> None:
         assert self.spec is not None
+        num_other = out.num_batched_tokens - sum(item.num_scheduled_tokens for _, item in items)
+        levels = self.spec.choose([item.request_id for _, item in items], num_other)
+        # Only requests that speculate next step need a proposal request (a copy of their tokens).
+        chosen = [k for k, level in enumerate(levels) if level.depth > 0]
+        if not chosen:
+            return
         requests: list[ProposalRequest] = []
-        for _, item in items:
+        for k in chosen:
+            item = items[k][1]
             request = item.request
             emitted = results[item.request_id].token_ids
             remaining = request.max_output_tokens - request.num_output_tokens - len(emitted)
@@ -197,10 +204,10 @@ class ModelRunner:
                 num_prompt_tokens=request.num_prompt_tokens,
                 max_depth=max(0, min(self.max_spec_depth, remaining - 1)),
                 num_candidates=self.max_spec_candidates))
-        num_other = out.num_batched_tokens - sum(item.num_scheduled_tokens for _, item in items)
-        need_hidden = self.spec.proposer.needs_hidden
-        rows_hidden = hidden[torch.tensor(last_rows, device=self.device)] if need_hidden else None
-        for (_, item), tree in zip(items, self.spec.propose(requests, rows_hidden, num_other)):
-            result = results[item.request_id]
+        rows_hidden = None
+        if self.spec.proposer.needs_hidden:
+            rows_hidden = hidden[torch.tensor([last_rows[k] for k in chosen], device=self.device)]
+        for k, tree in zip(chosen, self.spec.propose(requests, rows_hidden)):
+            result = results[items[k][1].request_id]
             result.next_spec_token_ids = tree.token_ids
             result.next_spec_parents = tree.parents
