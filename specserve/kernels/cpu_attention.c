@@ -15,22 +15,19 @@
 #include "cpu_attention_impl.h"
 
 void specserve_attend_group_bf16dp(const void* q, const void* kc, const void* vc, void* out, int q0, int qn,
-                                   int q_len, int seq_len, const int32_t* table, const uint8_t* mask,
-                                   const int32_t* key_pos, int kvh0, int nkv, int H, int Hkv, int D, int bs,
-                                   float scale);
+                                   int q_len, int seq_len, const int32_t* table, const int32_t* key_pos,
+                                   int kvh0, int nkv, int H, int Hkv, int D, int bs, float scale);
 
 // One instance per dtype, so each inlines its loads.
 static void attend_group_f32(const void* q, const void* kc, const void* vc, void* out, int q0, int qn, int q_len,
-                             int seq_len, const int32_t* table, const uint8_t* mask, const int32_t* key_pos,
+                             int seq_len, const int32_t* table, const int32_t* key_pos,
                              int kvh0, int nkv, int H, int Hkv, int D, int bs, float scale) {
-  attend_group_impl(q, kc, vc, out, 0, q0, qn, q_len, seq_len, table, mask, key_pos, kvh0, nkv, H, Hkv, D, bs,
-                    scale);
+  attend_group_impl(q, kc, vc, out, 0, q0, qn, q_len, seq_len, table, key_pos, kvh0, nkv, H, Hkv, D, bs, scale);
 }
 static void attend_group_bf16(const void* q, const void* kc, const void* vc, void* out, int q0, int qn, int q_len,
-                              int seq_len, const int32_t* table, const uint8_t* mask, const int32_t* key_pos,
+                              int seq_len, const int32_t* table, const int32_t* key_pos,
                               int kvh0, int nkv, int H, int Hkv, int D, int bs, float scale) {
-  attend_group_impl(q, kc, vc, out, 1, q0, qn, q_len, seq_len, table, mask, key_pos, kvh0, nkv, H, Hkv, D, bs,
-                    scale);
+  attend_group_impl(q, kc, vc, out, 1, q0, qn, q_len, seq_len, table, key_pos, kvh0, nkv, H, Hkv, D, bs, scale);
 }
 
 // Returns 0, or -1 when a shape is outside what this kernel handles (the caller falls back).
@@ -42,7 +39,7 @@ int specserve_paged_attention(const void* q, const void* k_cache, const void* v_
   if (D % 16 != 0 || D > MAX_DIM || H % Hkv != 0 || H / Hkv > MAX_ROWS) return -1;
   const int G = H / Hkv;
   typedef void (*group_fn)(const void*, const void*, const void*, void*, int, int, int, int, const int32_t*,
-                           const uint8_t*, const int32_t*, int, int, int, int, int, int, float);
+                           const int32_t*, int, int, int, int, int, int, float);
   group_fn attend = is_bf16 ? attend_group_bf16 : attend_group_f32;
   if (is_bf16 && D % 32 == 0 && __builtin_cpu_supports("avx512bf16")) attend = specserve_attend_group_bf16dp;
   // With enough requests to share out, one item takes all KV heads of a request, so each cached slot
@@ -73,7 +70,7 @@ int specserve_paged_attention(const void* q, const void* k_cache, const void* v_
         for (int k = 0; k < ql; k++)
           if (mask[(size_t)i * ql + k]) key_pos[visible++] = cached + k;
         for (int h0 = kvh0; h0 < kvh0 + heads_per_item; h0 += nkv)
-          attend(qr, k_cache, v_cache, outr, i, 1, visible, cached + visible, table, 0, key_pos, h0, nkv, H, Hkv, D,
+          attend(qr, k_cache, v_cache, outr, i, 1, visible, cached + visible, table, key_pos, h0, nkv, H, Hkv, D,
                  bs, scale);
       }
       continue;
@@ -81,7 +78,7 @@ int specserve_paged_attention(const void* q, const void* k_cache, const void* v_
     for (int h0 = kvh0; h0 < kvh0 + heads_per_item; h0 += nkv)
       for (int q0 = 0; q0 < q_len[r]; q0 += per_pass) {
         int qn = q_len[r] - q0 < per_pass ? q_len[r] - q0 : per_pass;
-        attend(qr, k_cache, v_cache, outr, q0, qn, q_len[r], seq_len[r], table, mask, 0, h0, nkv, H, Hkv, D, bs,
+        attend(qr, k_cache, v_cache, outr, q0, qn, q_len[r], seq_len[r], table, 0, h0, nkv, H, Hkv, D, bs,
                scale);
       }
   }

@@ -17,9 +17,7 @@
 #define TILE 4        // P.V register tile: up to 4 rows x 4 chunks of 16 dims = 16 accumulators
 
 // Chunk c (16 values) of a K or V row, read straight from the cache, as float32.
-ALWAYS_INLINE __m512 load_chunk(const char* row, int c, int is_bf16) {
-  return is_bf16 ? load16_bf16((const uint16_t*)row + 16 * c) : _mm512_loadu_ps((const float*)row + 16 * c);
-}
+ALWAYS_INLINE __m512 load_chunk(const char* row, int c, int is_bf16) { return load16(row, 16 * c, is_bf16); }
 
 // out[i] = sum of the 16 lanes of v[i], for 16 vectors at once: pairwise unpacks and 128-bit lane
 // shuffles, about 45 instructions where 16 separate horizontal sums take ~130.
@@ -148,8 +146,8 @@ ALWAYS_INLINE int acc_dim(int i) {
 // query token so that its keys fall into the same blocks and lanes as in a plain decode step.
 ALWAYS_INLINE void attend_group_impl(const void* q, const void* kc, const void* vc, void* out, const int mode,
                                      int q0, int qn, int q_len, int seq_len, const int32_t* table,
-                                     const uint8_t* mask, const int32_t* key_pos, int kvh0, int nkv, int H,
-                                     int Hkv, int D, int bs, float scale) {
+                                     const int32_t* key_pos, int kvh0, int nkv, int H, int Hkv, int D, int bs,
+                                     float scale) {
   const int is_bf16 = mode != 0, G = H / Hkv, per_head = qn * G, rows = nkv * per_head;
   const int cached = seq_len - q_len, nc = D / 16, nc2 = D / 32;
   const size_t esz = is_bf16 ? 2 : 4, head_bytes = (size_t)D * esz, slot_bytes = (size_t)Hkv * head_bytes;
@@ -215,13 +213,10 @@ ALWAYS_INLINE void attend_group_impl(const void* q, const void* kc, const void* 
       }
       for (int r = hh * per_head; r < (hh + 1) * per_head; r++) {
         __mmask16 visible = in_block;
-        if (!key_pos && j0 + nk > cached) {  // the block reaches the new tokens: causal or custom mask
+        if (!key_pos && j0 + nk > cached) {  // the block reaches the new tokens: causal
           const int i = q0 + (r % per_head) / G;
-          for (int j = 0; j < nk; j++) {
-            int pos = j0 + j;
-            int ok = pos < cached || (mask ? mask[(size_t)i * q_len + (pos - cached)] != 0 : pos <= cached + i);
-            if (!ok) visible &= (__mmask16)~(1u << j);
-          }
+          for (int j = 0; j < nk; j++)
+            if (j0 + j > cached + i) visible &= (__mmask16)~(1u << j);
         }
         if (!visible) {
           _mm512_store_ps(s[r], _mm512_setzero_ps());
@@ -284,9 +279,7 @@ ALWAYS_INLINE void attend_group_impl(const void* q, const void* kc, const void* 
     }
 #endif
     for (int c = 0; c < nc; c++) {
-      __m512 o = _mm512_mul_ps(_mm512_load_ps(acc[r] + 16 * c), inv);
-      if (is_bf16) store16_bf16((uint16_t*)out + base + 16 * c, o);
-      else _mm512_storeu_ps((float*)out + base + 16 * c, o);
+      store16(out, base + 16 * c, _mm512_mul_ps(_mm512_load_ps(acc[r] + 16 * c), inv), is_bf16);
     }
   }
 }

@@ -32,6 +32,15 @@ ALWAYS_INLINE void store16_bf16(uint16_t* p, __m512 v) {
   _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(u));
 }
 
+// 16 values of either dtype at element i of p, as float32 lanes, and back.
+ALWAYS_INLINE __m512 load16(const void* p, int64_t i, int bf16) {
+  return bf16 ? load16_bf16((const uint16_t*)p + i) : _mm512_loadu_ps((const float*)p + i);
+}
+ALWAYS_INLINE void store16(void* p, int64_t i, __m512 v, int bf16) {
+  if (bf16) store16_bf16((uint16_t*)p + i, v);
+  else _mm512_storeu_ps((float*)p + i, v);
+}
+
 // exp(x): 2^(x log2 e) = 2^n * 2^f, f in [-0.5, 0.5], 2^f by a degree-6 polynomial (relative error
 // ~2e-7, below float32 rounding of the sums it feeds). Clamped to [-87, 88].
 ALWAYS_INLINE __m512 exp512(__m512 x) {

@@ -12,13 +12,6 @@
 
 #include "cpu_common.h"
 
-ALWAYS_INLINE __m512 load16(const void* p, int64_t i, int bf16) {
-  return bf16 ? load16_bf16((const uint16_t*)p + i) : _mm512_loadu_ps((const float*)p + i);
-}
-ALWAYS_INLINE void store16(void* p, int64_t i, __m512 v, int bf16) {
-  if (bf16) store16_bf16((uint16_t*)p + i, v);
-  else _mm512_storeu_ps((float*)p + i, v);
-}
 
 // sum = x + h (rounded to the dtype, as PyTorch's add), or no sum when h is NULL (then x is normalised);
 // out = RMSNorm(sum) * weight. bfloat16 as the HF reference: normalise in float32, round, multiply by

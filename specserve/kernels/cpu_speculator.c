@@ -97,21 +97,11 @@ void specserve_mlp_chain(const MlpChain* s) {
         const float v = get(s->logits, row + r, bf16);
         if (v > best_value) { best_value = v; best = r; }
       }
-      float sum = 0.0f;
+      __m512 acc = _mm512_setzero_ps();
       int r = 0;
-      if (bf16) {
-        __m512 acc = _mm512_setzero_ps();
-        for (; r + 16 <= s->head_rows; r += 16)
-          acc = _mm512_add_ps(acc, exp512(_mm512_sub_ps(load16_bf16((const uint16_t*)s->logits + row + r),
-                                                        _mm512_set1_ps(best_value))));
-        sum = _mm512_reduce_add_ps(acc);
-      } else {
-        __m512 acc = _mm512_setzero_ps();
-        for (; r + 16 <= s->head_rows; r += 16)
-          acc = _mm512_add_ps(acc, exp512(_mm512_sub_ps(_mm512_loadu_ps((const float*)s->logits + row + r),
-                                                        _mm512_set1_ps(best_value))));
-        sum = _mm512_reduce_add_ps(acc);
-      }
+      for (; r + 16 <= s->head_rows; r += 16)
+        acc = _mm512_add_ps(acc, exp512(_mm512_sub_ps(load16(s->logits, row + r, bf16), _mm512_set1_ps(best_value))));
+      float sum = _mm512_reduce_add_ps(acc);
       for (; r < s->head_rows; r++) sum += expf(get(s->logits, row + r, bf16) - best_value);
       s->out_scores[m] = (i == 0 ? 0.0f : s->out_scores[m]) - logf(sum);
       s->out_tokens[(int64_t)m * s->depth + i] = s->vocab_map ? s->vocab_map[best] : best;
