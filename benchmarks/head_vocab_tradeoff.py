@@ -14,23 +14,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
 
 from specserve.model.fast_linear import enable_fast_linear
 from specserve.spec.mlp_speculator import MLPSpeculator, MLPSpeculatorConfig
+from specserve.train.trainer import greedy_token_counts, split_phase2
 
 SIZES = (1024, 2048, 4096, 8192, 16384, 49152)
-
-
-def counts(shards: list[Path]) -> Counter[int]:
-    total: Counter[int] = Counter()
-    for path in shards:
-        shard = torch.load(path)
-        total.update(shard["greedy_ids"][shard["loss_mask"]].tolist())
-    return total
 
 
 def chain_ms(head_vocab: int, dtype: torch.dtype, iters: int = 200) -> float:
@@ -56,13 +48,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cache = Path(args.run) / "cache"
-    shards2 = sorted((cache / "phase2").glob("shard_*.pt"))
-    val, train2 = shards2[::10], [s for s in shards2 if s not in shards2[::10]]
-    ranked = counts(sorted((cache / "phase1").glob("shard_*.pt")))
-    for tok, num in counts(train2).items():
-        ranked[tok] += 4 * num  # phase-2 counts weigh 4x, as in the trainer's vocab map
+    val, train2 = split_phase2(sorted((cache / "phase2").glob("shard_*.pt")))
+    ranked = greedy_token_counts(sorted((cache / "phase1").glob("shard_*.pt")), train2)  # the vocab map's ranking
     order = [tok for tok, _ in ranked.most_common()]
-    held = counts(val)
+    held = greedy_token_counts(val, [])
     total = sum(held.values())
     print(f"held-out greedy tokens: {total} (from {len(val)} shards), threads {args.threads}")
     print(f"{'head tokens':>11}  {'coverage':>8}  {'chain ms fp32':>13}  {'chain ms bf16':>13}")

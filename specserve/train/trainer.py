@@ -131,15 +131,28 @@ def prepare_phase2(cfg: TrainConfig, cache: Path, bundle: Any) -> list[Path]:
     return paths
 
 
-def build_vocab_map(shards1: list[Path], shards2: list[Path], size: int, vocab_size: int) -> torch.Tensor | None:
-    if not size or size >= vocab_size:
-        return None
+def split_phase2(shards2: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(held-out, training) phase-2 shards: every tenth shard is held out, for the eval curve."""
+    val2 = shards2[::10]
+    return val2, [s for s in shards2 if s not in val2] or shards2
+
+
+def greedy_token_counts(shards1: list[Path], shards2: list[Path]) -> Counter[int]:
+    """How often the base model's greedy token is each id, over trainable positions; phase-2 counts
+    (the model's own answers, what it will be asked to predict) weigh 4x."""
     counts: Counter[int] = Counter()
     for weight, shards in ((1, shards1), (4, shards2)):
         for path in shards:
             shard = torch.load(path)
             for tok, num in Counter(shard["greedy_ids"][shard["loss_mask"]].tolist()).items():
                 counts[tok] += weight * num
+    return counts
+
+
+def build_vocab_map(shards1: list[Path], shards2: list[Path], size: int, vocab_size: int) -> torch.Tensor | None:
+    if not size or size >= vocab_size:
+        return None
+    counts = greedy_token_counts(shards1, shards2)
     top = [tok for tok, _ in counts.most_common(size)]
     top += [t for t in range(vocab_size) if t not in set(top)][:size - len(top)]  # pad if data is tiny
     return torch.tensor(sorted(top))
@@ -258,8 +271,7 @@ def train(cfg: TrainConfig) -> Path:
     shards1 = prepare_phase1(cfg, cache) if cfg.phase1_steps > 0 else []
     if cfg.only == "data":
         return out
-    val2 = shards2[::10]  # every tenth phase-2 shard is held out from training, for the eval curve
-    train2 = [s for s in shards2 if s not in val2] or shards2
+    val2, train2 = split_phase2(shards2)
     vocab_path = out / f"vocab_map_{cfg.head_vocab_size}.pt"
     if vocab_path.exists():
         vocab_map = torch.load(vocab_path)
