@@ -11,6 +11,7 @@ the most frequent tokens only), and the compact form ``borrow_base_embedding`` /
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +46,26 @@ def config_from_dict(raw: dict[str, Any]) -> MLPSpeculatorConfig:
             scale_input=bool(raw.get("scale_input", False)),
             top_k_tokens_per_head=tuple(int(k) for k in top_k),
             n_candidates=int(raw.get("n_candidates", 1) or 1),
-            head_vocab_size=int(raw.get("head_vocab_size", 0) or 0))
+            head_vocab_size=int(raw.get("head_vocab_size", 0) or 0),
+            num_lookahead_tokens=int(raw.get("num_lookahead_tokens", 0) or 0))
     except (KeyError, TypeError, ValueError) as exc:
         raise SpeculatorLoadError(f"invalid MLP speculator config: {exc}") from None
 
 
 def load_mlp_speculator(path: str | Path, base_embedding: torch.Tensor | None = None,
-                        base_head: torch.Tensor | None = None) -> MLPSpeculator:
-    """Build the speculator from a folder; base tensors are needed only for the compact form."""
+                        base_head: torch.Tensor | None = None,
+                        num_lookahead_tokens: int | None = None) -> MLPSpeculator:
+    """Build the speculator from a folder; base tensors are needed only for the compact form.
+
+    ``num_lookahead_tokens`` overrides the config's: a tied speculator runs that many stages (its last
+    stage repeated past n_predict); an untied one at most n_predict.
+    """
     path = Path(path)
     raw = read_config(path)
     config = config_from_dict(raw)
+    if num_lookahead_tokens is not None and num_lookahead_tokens > 0:
+        lookahead = num_lookahead_tokens if config.tie_weights else min(num_lookahead_tokens, config.n_predict)
+        config = replace(config, num_lookahead_tokens=lookahead)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise SpeculatorLoadError(f"{path}: no *.safetensors file")
@@ -119,6 +129,8 @@ def save_mlp_speculator(model: MLPSpeculator, path: str | Path, compact: bool = 
     }
     if c.head_vocab_size:
         config["head_vocab_size"] = c.head_vocab_size
+    if c.num_lookahead_tokens:
+        config["num_lookahead_tokens"] = c.num_lookahead_tokens
     if compact:
         config["borrow_base_embedding"] = True
         config["borrow_base_head"] = True

@@ -41,14 +41,16 @@ def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array:
 class CpuChain:
     def __init__(self, model: MLPSpeculator) -> None:
         self.model = model
-        n = model.config.n_predict
+        # One table entry per proposal step: steps past n_predict point at the last (tied) stage.
+        stages = [model.stage_index(i) for i in range(model.config.max_depth)]
+        self.max_depth = len(stages)
         self.dtype = model.head[0].weight.dtype
         # Keep every tensor whose address the kernel reads alive and contiguous.
-        self.emb = [model.emb[i].weight.detach().contiguous() for i in range(n)]
-        self.ln_weight = [model.ln[i].weight.detach().contiguous() for i in range(n)]
-        self.ln_bias = [model.ln[i].bias.detach().contiguous() for i in range(n)]
-        self.proj = [model.proj[i].packed for i in range(n)]
-        self.head = [model.head[i].packed for i in range(n)]
+        self.emb = [model.emb[i].weight.detach().contiguous() for i in stages]
+        self.ln_weight = [model.ln[i].weight.detach().contiguous() for i in stages]
+        self.ln_bias = [model.ln[i].bias.detach().contiguous() for i in stages]
+        self.proj = [model.proj[i].packed for i in stages]
+        self.head = [model.head[i].packed for i in stages]
         self.vocab_map = None if model.vocab_map is None else model.vocab_map.to(torch.int64).contiguous()
         self.tables = {name: _pointers(getattr(self, name)) for name in ("emb", "ln_weight", "ln_bias", "proj", "head")}
         self.work = torch.empty(model.config.inner)
@@ -75,6 +77,8 @@ class CpuChain:
     def propose(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden [M, emb_dim], token_ids [M] -> the chain's tokens [M, depth] and log-probabilities [M]."""
         model, config = self.model, self.model.config
+        if not 0 < depth <= self.max_depth:
+            raise ValueError(f"chain depth {depth} is outside 1..{self.max_depth}")
         m = hidden.shape[0]
         hidden = hidden.contiguous()
         last = token_ids.to(torch.int64).contiguous()

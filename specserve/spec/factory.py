@@ -31,8 +31,10 @@ def default_speculator_for(model_dir: Path) -> Path:
 
 
 def build_proposer(spec: str, model: torch.nn.Module, model_dir: Path, dtype: torch.dtype,
-                   device: torch.device, num_candidates: int | None) -> tuple[Proposer, int, int]:
-    """Returns (proposer, its max depth, its max candidates)."""
+                   device: torch.device, num_candidates: int | None,
+                   num_speculative_tokens: int | None = None) -> tuple[Proposer, int, int]:
+    """Returns (proposer, its max depth, its max candidates). ``num_speculative_tokens`` lets a tied
+    MLP speculator run more stages than it was trained with (other speculators are capped by theirs)."""
     if spec == "ngram":
         depth = 8
         return NgramProposer(), depth, num_candidates or 1
@@ -56,17 +58,18 @@ def build_proposer(spec: str, model: torch.nn.Module, model_dir: Path, dtype: to
     emb = model.get_input_embeddings().weight.detach()
     head = model.get_output_embeddings()
     head = head.detach() if isinstance(head, torch.Tensor) else head.weight.detach()
-    mlp = load_mlp_speculator(path, base_embedding=emb.float(), base_head=head.float())
+    mlp = load_mlp_speculator(path, base_embedding=emb.float(), base_head=head.float(),
+                              num_lookahead_tokens=num_speculative_tokens)
     cands = num_candidates or mlp.config.n_candidates
     return (HeadProposer("mlp", mlp, list(mlp.config.top_k_tokens_per_head), cands, dtype, device),
-            mlp.config.n_predict, cands)
+            mlp.config.max_depth, cands)
 
 
 def build_spec_decoder(config: SpecConfig, model: torch.nn.Module, model_dir: Path, dtype: torch.dtype,
                        device: torch.device) -> tuple[SpecDecoder, int, int]:
     assert config.speculator is not None
     proposer, depth, cands = build_proposer(config.speculator, model, model_dir, dtype, device,
-                                            config.num_candidates)
+                                            config.num_candidates, config.num_speculative_tokens)
     if config.num_speculative_tokens is not None:
         depth = min(depth, config.num_speculative_tokens) if proposer.needs_hidden else config.num_speculative_tokens
     policy = SpeculationPolicy(config.speculation, depth, cands)

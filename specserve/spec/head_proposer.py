@@ -22,14 +22,15 @@ class HeadProposer:
             self.model.attach_cpu_chain()  # single-chain proposals in one kernel call
         if model.vocab_map is not None:
             model.vocab_map = model.vocab_map.to(device)
-        self.n_predict: int = model.n_predict if hasattr(model, "n_predict") else model.config.n_predict
-        self.top_k = list(top_k)[:self.n_predict] + [1] * max(0, self.n_predict - len(top_k))
+        # Medusa: one head per token; an MLP speculator: its lookahead (tied stages may repeat).
+        self.max_depth: int = model.n_predict if hasattr(model, "n_predict") else model.config.max_depth
+        self.top_k = list(top_k)[:self.max_depth] + [1] * max(0, self.max_depth - len(top_k))
         self.num_candidates = num_candidates
         self.dtype = dtype
 
     def propose(self, requests: list[ProposalRequest], hidden: torch.Tensor | None) -> list[DraftTree]:
         assert hidden is not None
-        depth = min(self.n_predict, max((r.max_depth for r in requests), default=0))
+        depth = min(self.max_depth, max((r.max_depth for r in requests), default=0))
         if depth <= 0:
             return [DraftTree() for _ in requests]
         num_paths = max(r.num_candidates for r in requests)

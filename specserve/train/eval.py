@@ -1,7 +1,8 @@
 """``specserve eval-speculator``: acceptance and speed of a speculator on held-out chat prompts.
 
-Greedy decoding. One engine without speculation and one per candidate count (1 = a single chain,
-more = a tree of that many paths) share the loaded weights; each batch of prompts runs through every
+Greedy decoding. One engine without speculation, one per candidate count (1 = a single chain,
+more = a tree of that many paths) with speculation forced on, and one with the adaptive policy
+(``auto``, the serving default) share the loaded weights; each batch of prompts runs through every
 engine in turn, so the tok/s figures are measured side by side on a noisy shared machine. Outputs
 with speculation must equal the plain ones token for token; the report says whether they did.
 """
@@ -35,9 +36,13 @@ def evaluate_speculator(args: argparse.Namespace) -> dict[str, Any]:
     counts = [args.num_candidates] if args.num_candidates else [1, None]
     if args.speculator == "ngram":
         counts = counts[:1]
+    depth = getattr(args, "num_speculative_tokens", None)
     for cands in counts:
         name = "spec" if cands is None else f"spec_c{cands}"
-        engines[name] = LLM(**common, speculator=args.speculator, speculation="on", num_candidates=cands)
+        engines[name] = LLM(**common, speculator=args.speculator, speculation="on", num_candidates=cands,
+                            num_speculative_tokens=depth)
+    engines["spec_auto"] = LLM(**common, speculator=args.speculator, speculation="auto",
+                               num_candidates=args.num_candidates, num_speculative_tokens=depth)
     elapsed = dict.fromkeys(engines, 0.0)
     tokens: dict[str, list[list[int]]] = {name: [] for name in engines}
     for start in range(0, len(convs), args.batch_size):
@@ -57,6 +62,8 @@ def evaluate_speculator(args: argparse.Namespace) -> dict[str, Any]:
             continue
         stats = llm.stats()
         report["runs"][name] = {
+            "speculation": llm.engine.runner.spec.policy.mode if llm.engine.runner.spec else None,
+            "max_depth": llm.engine.runner.spec.policy.max_depth if llm.engine.runner.spec else None,
             "num_candidates": llm.engine.runner.spec.policy.max_candidates if llm.engine.runner.spec else None,
             "mean_accepted_tokens_per_step": stats.get("mean_accepted_tokens_per_step"),
             "spec_acceptance_per_stage": stats.get("spec_acceptance_per_stage"),
@@ -85,7 +92,8 @@ def print_report(report: dict[str, Any]) -> str:
         stages = " / ".join(f"{a:.2f}" for a in run["spec_acceptance_per_stage"] or [])
         mean = run["mean_accepted_tokens_per_step"]
         lines.append(
-            f"{name}: candidates {run['num_candidates']}, mean accepted tokens/step "
+            f"{name}: speculation {run['speculation']}, depth {run['max_depth']}, candidates "
+            f"{run['num_candidates']}, mean accepted tokens/step "
             f"{mean if mean is None else round(mean, 3)} (bonus included), per stage {stages}, "
             f"histogram {run['spec_accepted_length_histogram']}, speculator {_ms(run)} per step "
             f"({_share(run)} of the base step), {run['tok_s']:.1f} tok/s "

@@ -26,6 +26,20 @@ def random_mlp_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bundle) -> Pat
 
 
 @pytest.fixture(scope="session")
+def random_tied_mlp_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bundle) -> Path:
+    """Tied weights (IBM's tie_weights), so proposals may run past n_predict by repeating a stage."""
+    arch = tiny_bundle.arch
+    config = MLPSpeculatorConfig(emb_dim=arch.hidden_size, vocab_size=arch.vocab_size, n_predict=2,
+                                 tie_weights=True, scale_input=True, top_k_tokens_per_head=(2, 2),
+                                 n_candidates=3, num_lookahead_tokens=4)
+    model = MLPSpeculator(config)
+    model.reset_parameters(torch.Generator().manual_seed(2))
+    out = tmp_path_factory.mktemp("tied-mlp-spec")
+    save_mlp_speculator(model, out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def random_medusa_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bundle) -> Path:
     arch = tiny_bundle.arch
     torch.manual_seed(1)

@@ -79,6 +79,17 @@ def test_proposers_are_lossless(tiny_bundle, reference, random_mlp_dir, random_m
     assert llm.stats()["spec_steps"] > 0
 
 
+@pytest.mark.parametrize("depth,candidates", [(None, 1), (5, 1), (5, 3)])
+def test_tied_mlp_past_n_predict_is_lossless(tiny_bundle, reference, random_tied_mlp_dir, depth,
+                                             candidates) -> None:
+    # n_predict 2, lookahead 4 in its config; depth 5 asks for one stage more than the config says
+    llm = LLM(bundle=tiny_bundle, speculator=str(random_tied_mlp_dir), speculation="on",
+              num_speculative_tokens=depth, num_candidates=candidates)
+    assert greedy(llm, PROMPTS) == reference
+    stats = llm.stats()
+    assert len(stats["spec_acceptance_per_stage"]) == (depth or 4)  # drafts reached the last stage
+
+
 def oracle_llm(tiny_bundle, reference, candidates: int = 3, **engine_args) -> tuple[LLM, OracleProposer]:
     llm = LLM(bundle=tiny_bundle, **engine_args)
     conts = {tuple(llm.tokenizer.encode(p)): ref for p, ref in zip(PROMPTS, reference)}
