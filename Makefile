@@ -31,7 +31,7 @@ browser:
 	  echo "warning: could not install chromium; the browser test will be skipped"
 
 run: setup
-	$(VENV)/bin/specserve serve --speculator default
+	$(VENV)/bin/specserve serve --speculator default+ngram
 
 chat: setup
 	$(VENV)/bin/specserve chat

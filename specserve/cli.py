@@ -30,7 +30,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                             "its number of processes (default 1)")
     spec = parser.add_argument_group("speculation")
     spec.add_argument("--speculator", default=None,
-                      help="default | ngram | PATH | mlp:PATH | medusa:PATH | draft:PATH (default: none)")
+                      help="default | ngram | PATH | mlp:PATH | medusa:PATH | draft:PATH, each may end in +ngram "
+                           "(prompt lookup where the text repeats; default: none)")
     spec.add_argument("--speculation", default="auto", choices=["auto", "on", "off"],
                       help="auto: per step, from measured cost and acceptance (default)")
     spec.add_argument("--num-speculative-tokens", type=int, default=None, help="max draft depth")

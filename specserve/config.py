@@ -52,7 +52,9 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class SpecConfig:
-    speculator: str | None = None  # None/"none" | "ngram" | "default" | PATH | "mlp:PATH" | "medusa:PATH" | "draft:PATH"
+    # None/"none" | "ngram" | "default" | PATH | "mlp:PATH" | "medusa:PATH" | "draft:PATH", each optionally
+    # followed by "+ngram" (prompt lookup first where the output repeats an n-gram, the speculator elsewhere)
+    speculator: str | None = None
     speculation: str = "auto"  # "auto" (adaptive) | "on" | "off"
     num_speculative_tokens: int | None = None  # max draft depth; None = the speculator's own
     num_candidates: int | None = None  # max candidate paths; None = the speculator's own

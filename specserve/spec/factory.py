@@ -10,6 +10,7 @@ from specserve.config import SpecConfig
 from specserve.spec.checkpoint import SpeculatorLoadError, load_mlp_speculator, read_config
 from specserve.spec.decoder import SpecDecoder
 from specserve.spec.head_proposer import HeadProposer
+from specserve.spec.lookup_first import LookupFirstProposer
 from specserve.spec.medusa import load_medusa
 from specserve.spec.ngram import NgramProposer
 from specserve.spec.policy import SpeculationPolicy
@@ -18,6 +19,7 @@ from specserve.spec.proposer import Proposer
 # Speculators shipped with the package, keyed by the base model folder's name prefix.
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "speculators"
 DEFAULT_SPECULATORS = {"SmolLM2-135M-Instruct": "smollm2-135m-instruct-mlp"}
+NGRAM_DEPTH = 8  # prompt lookup's longest draft: a copy in progress often continues for many tokens
 
 
 def default_speculator_for(model_dir: Path) -> Path:
@@ -36,8 +38,11 @@ def build_proposer(spec: str, model: torch.nn.Module, model_dir: Path, dtype: to
     """Returns (proposer, its max depth, its max candidates). ``num_speculative_tokens`` lets a tied
     MLP speculator run more stages than it was trained with (other speculators are capped by theirs)."""
     if spec == "ngram":
-        depth = 8
-        return NgramProposer(), depth, num_candidates or 1
+        return NgramProposer(), NGRAM_DEPTH, num_candidates or 1
+    if spec.endswith("+ngram"):  # prompt lookup where the text repeats, the named speculator elsewhere
+        inner, depth, cands = build_proposer(spec.removesuffix("+ngram"), model, model_dir, dtype, device,
+                                             num_candidates, num_speculative_tokens)
+        return LookupFirstProposer(inner), max(depth, NGRAM_DEPTH), cands
     kind, _, rest = spec.partition(":")
     if kind == "draft":
         from specserve.spec.draft_model import DraftModelProposer

@@ -31,8 +31,13 @@ class NgramProposer:
         pass
 
     def _propose_one(self, req: ProposalRequest) -> DraftTree:
+        _, paths = self.match(req)
+        return DraftTree.from_paths(paths) if paths else DraftTree()
+
+    def match(self, req: ProposalRequest) -> tuple[int, list[list[int]]]:
+        """(length of the longest suffix n-gram found earlier, the continuations after it); (0, []) if none."""
         if req.max_depth <= 0:
-            return DraftTree()
+            return 0, []
         tokens = req.token_ids[-self.max_lookback:]
         num = len(tokens)
         for n in range(min(self.max_ngram, num - 1), self.min_ngram - 1, -1):
@@ -48,5 +53,5 @@ class NgramProposer:
                         if len(paths) >= req.num_candidates:
                             break
             if paths:
-                return DraftTree.from_paths(paths)
-        return DraftTree()
+                return n, paths
+        return 0, []

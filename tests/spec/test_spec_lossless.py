@@ -68,11 +68,12 @@ class OracleProposer:
         pass
 
 
-@pytest.mark.parametrize("speculator", ["ngram", "mlp", "medusa"])
+@pytest.mark.parametrize("speculator", ["ngram", "mlp", "medusa", "mlp+ngram"])
 @pytest.mark.parametrize("batch", [1, 5])
 def test_proposers_are_lossless(tiny_bundle, reference, random_mlp_dir, random_medusa_dir, speculator,
                                 batch) -> None:
-    spec = {"ngram": "ngram", "mlp": str(random_mlp_dir), "medusa": f"medusa:{random_medusa_dir}"}[speculator]
+    spec = {"ngram": "ngram", "mlp": str(random_mlp_dir), "medusa": f"medusa:{random_medusa_dir}",
+            "mlp+ngram": f"{random_mlp_dir}+ngram"}[speculator]
     llm = LLM(bundle=tiny_bundle, speculator=spec, speculation="on")
     got = [greedy(llm, [p])[0] for p in PROMPTS] if batch == 1 else greedy(llm, PROMPTS)
     assert got == reference
