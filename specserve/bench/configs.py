@@ -37,6 +37,7 @@ class SpecSetup(NamedTuple):
 
 def learned_speculator_problem(speculator: str, model_dir: Path) -> str | None:
     """Why the learned speculator cannot be used here, or None when it can."""
+    speculator = speculator.removesuffix("+ngram")  # prompt lookup in front needs nothing more
     if speculator == "default":
         try:
             default_speculator_for(model_dir)

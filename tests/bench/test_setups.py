@@ -1,0 +1,27 @@
+"""Benchmark setups resolve the learned speculator, with or without prompt lookup in front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from specserve.bench.configs import resolve_setups
+
+MODEL_DIR = Path("SmolLM2-135M-Instruct.Q4_1-abc")  # only its name is read: the shipped speculator's key
+
+
+@pytest.mark.parametrize("speculator", ["default", "default+ngram"])
+def test_shipped_speculator_runs_with_or_without_lookup(speculator: str) -> None:
+    setups, notes = resolve_setups("off,mlp,auto", speculator, MODEL_DIR)
+    assert notes == []
+    assert [(s.label, s.speculator, s.speculation) for s in setups] == [
+        ("off", None, "off"), ("mlp", speculator, "on"), ("auto (mlp)", speculator, "auto")]
+
+
+def test_missing_speculator_is_skipped_with_a_note(tmp_path: Path) -> None:
+    setups, notes = resolve_setups("off,mlp,auto", f"{tmp_path / 'nope'}+ngram", MODEL_DIR)
+    assert [s.label for s in setups] == ["off", "auto (ngram)"]
+    assert any("does not exist" in n for n in notes)
+    with pytest.raises(ValueError, match="unknown configuration"):
+        resolve_setups("fast", "default", MODEL_DIR)
