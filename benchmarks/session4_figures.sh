@@ -10,21 +10,7 @@ OUT=benchmarks/results
 MLP=${MLP:-default}
 MEDUSA=${MEDUSA:-medusa:runs/medusa-full/medusa}
 mkdir -p "$OUT"
-want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1,"* ]]; }
-load() { cut -d' ' -f1-3 /proc/loadavg; }
-evaluate() {  # name, then eval-speculator arguments
-  local name=$1; shift
-  want "$name" || return 0
-  echo "== $name: specserve eval-speculator $* (load: $(load))"
-  .venv/bin/specserve eval-speculator "$@" --threads "$T" --json > "$OUT/$name.json"
-  .venv/bin/python -c "import json,sys; from specserve.train.eval import print_report; print(print_report(json.load(open(sys.argv[1]))))" "$OUT/$name.json" | tee "$OUT/$name.txt"
-}
-bench() {  # name, then bench arguments
-  local name=$1; shift
-  want "$name" || return 0
-  echo "== $name: specserve bench $* (load: $(load))"
-  .venv/bin/specserve bench "$@" --threads "$T" --json "$OUT/$name.json" | tee "$OUT/$name.txt"
-}
+source benchmarks/figures_common.sh
 if want speculator_cost; then echo "== speculator_cost (load: $(load))"; .venv/bin/python benchmarks/speculator_cost.py --threads "$T" --iters 200 | tee "$OUT/speculator_cost.txt"; fi
 if want head_vocab; then echo "== head_vocab (load: $(load))"; .venv/bin/python benchmarks/head_vocab_tradeoff.py "${RUN:-runs/mlp-full}" --threads "$T" | tee "$OUT/head_vocab_tradeoff.txt"; fi
 EVAL="--num-prompts 32 --max-tokens 128 --batch-size 1"

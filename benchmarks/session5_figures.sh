@@ -8,21 +8,7 @@ cd "$(dirname "$0")/.."
 T=${1:-2}
 OUT=benchmarks/results
 mkdir -p "$OUT"
-want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1,"* ]]; }
-load() { cut -d' ' -f1-3 /proc/loadavg; }
-evaluate() {  # name, then eval-speculator arguments
-  local name=$1; shift
-  want "$name" || return 0
-  echo "== $name: specserve eval-speculator $* (load: $(load))"
-  .venv/bin/specserve eval-speculator "$@" --threads "$T" --json > "$OUT/$name.json"
-  .venv/bin/python -c "import json,sys; from specserve.train.eval import print_report; print(print_report(json.load(open(sys.argv[1]))))" "$OUT/$name.json" | tee "$OUT/$name.txt"
-}
-bench() {  # name, then bench arguments
-  local name=$1; shift
-  want "$name" || return 0
-  echo "== $name: specserve bench $* (load: $(load))"
-  .venv/bin/specserve bench "$@" --threads "$T" --json "$OUT/$name.json" | tee "$OUT/$name.txt"
-}
+source benchmarks/figures_common.sh
 CHAT="--num-prompts 32 --max-tokens 128 --batch-size 1"
 REWRITE="--prompts benchmarks/prompts_rewrite.jsonl --max-tokens 128 --batch-size 1"
 evaluate s5_eval_chat_hybrid_bfloat16 --speculator default+ngram $CHAT --dtype bfloat16

@@ -9,7 +9,7 @@ import torch
 from specserve.config import SpecConfig
 from specserve.spec.checkpoint import SpeculatorLoadError, load_mlp_speculator, read_config
 from specserve.spec.decoder import SpecDecoder
-from specserve.spec.head_proposer import HeadProposer
+from specserve.spec.head_proposer import HeadProposer, speculator_dtype
 from specserve.spec.lookup_first import LookupFirstProposer
 from specserve.spec.medusa import load_medusa
 from specserve.spec.ngram import NgramProposer
@@ -52,7 +52,8 @@ def build_proposer(spec: str, model: torch.nn.Module, model_dir: Path, dtype: to
     if kind == "medusa":
         medusa = load_medusa(rest)
         cands = num_candidates or medusa.config.n_candidates
-        return (HeadProposer("medusa", medusa, list(medusa.config.top_k_tokens_per_head), cands, dtype, device),
+        return (HeadProposer("medusa", medusa, list(medusa.config.top_k_tokens_per_head), cands,
+                             speculator_dtype(dtype, device), device),
                 medusa.config.num_heads, cands)
     path = Path(rest) if kind == "mlp" else (default_speculator_for(model_dir) if spec == "default" else Path(spec))
     if not path.exists():
@@ -66,7 +67,8 @@ def build_proposer(spec: str, model: torch.nn.Module, model_dir: Path, dtype: to
     mlp = load_mlp_speculator(path, base_embedding=emb.float(), base_head=head.float(),
                               num_lookahead_tokens=num_speculative_tokens)
     cands = num_candidates or mlp.config.n_candidates
-    return (HeadProposer("mlp", mlp, list(mlp.config.top_k_tokens_per_head), cands, dtype, device),
+    return (HeadProposer("mlp", mlp, list(mlp.config.top_k_tokens_per_head), cands,
+                         speculator_dtype(dtype, device), device),
             mlp.config.max_depth, cands)
 
 

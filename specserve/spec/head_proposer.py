@@ -10,11 +10,29 @@ from specserve.spec.draft_tree import DraftTree
 from specserve.spec.proposer import ProposalRequest
 
 
+def speculator_dtype(base_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the speculator runs in: bfloat16 under a float32 base model on a CPU with bfloat16
+    kernels, the base model's dtype otherwise.
+
+    Drafts need not be float32: verification by the base model keeps the output exact whatever they
+    are, and the speculators are trained under bfloat16 autocast anyway. Its products read half the
+    bytes: the shipped 5-stage chain costs ~2.2 ms per step in float32 and ~1.0 ms in bfloat16 on the
+    2-core EPYC, against a ~20 ms float32 decode step.
+    """
+    if base_dtype != torch.float32 or torch.device(device).type != "cpu":
+        return base_dtype
+    from specserve.kernels.build import load_library
+
+    kernels = load_library()
+    return torch.bfloat16 if kernels is not None and kernels.gemm_packed_bf16 is not None else base_dtype
+
+
 class HeadProposer:
     needs_hidden = True
 
     def __init__(self, name: str, model: nn.Module, top_k: list[int], num_candidates: int,
                  dtype: torch.dtype, device: torch.device) -> None:
+        """``dtype``: the speculator's own (see ``speculator_dtype``); hidden states are cast to it."""
         self.name = name
         self.model = model.to(device=device, dtype=dtype).eval()
         enable_fast_linear(self.model)  # its few-row products go to the CPU kernel, as the base model's

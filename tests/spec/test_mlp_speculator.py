@@ -120,3 +120,14 @@ def test_cpu_chain_kernel_matches_the_pytorch_chain(dtype, tie: bool, head_vocab
     torch.testing.assert_close(got_scores[agree], want_scores[agree], rtol=0, atol=1e-4 if dtype == torch.float32 else 0.1)
     model.cpu_chain = None
     assert torch.equal(model.propose_paths(hidden, last, [1] * depth, 1)[0], want)
+
+
+def test_speculator_runs_in_bfloat16_under_a_float32_base_on_cpu() -> None:
+    from specserve.kernels.build import load_library
+    from specserve.spec.head_proposer import speculator_dtype
+
+    kernels = load_library()
+    has_bf16 = kernels is not None and kernels.gemm_packed_bf16 is not None
+    assert speculator_dtype(torch.float32, torch.device("cpu")) == (torch.bfloat16 if has_bf16 else torch.float32)
+    assert speculator_dtype(torch.bfloat16, torch.device("cpu")) == torch.bfloat16
+    assert speculator_dtype(torch.float32, torch.device("meta")) == torch.float32  # not a CPU: the base's
