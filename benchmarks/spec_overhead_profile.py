@@ -1,0 +1,62 @@
+"""What the adaptive policy costs when it decides not to speculate: cProfile of N concurrent requests.
+
+One engine with ``--speculator`` and ``speculation=auto`` runs N distinct chat prompts at once; the
+share of engine-step time spent choosing levels (``SpecDecoder.choose``) and building proposals
+(``ModelRunner._propose``) is what `auto` can cost against `off` at a load where it does not
+speculate. cProfile inflates Python-heavy code, so the shares are upper bounds.
+
+    python benchmarks/spec_overhead_profile.py --dtype bfloat16 --requests 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+
+from specserve.bench.common import chat_prompt_ids
+from specserve.bench.engine_runs import run_concurrent
+from specserve.engine.engine import LLMEngine
+from specserve.engine.llm import build_engine_config
+from specserve.engine.model_setup import load_bundle
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--speculator", default="default+ngram")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(None, args.dtype, "cpu")
+    prompts = [chat_prompt_ids(bundle.tokenizer, i, distinct=True) for i in range(args.requests)]
+    engine = LLMEngine(build_engine_config(dtype=args.dtype, max_num_seqs=args.requests,
+                                           speculator=args.speculator, speculation="auto"), bundle)
+    run_concurrent(engine, prompts, 8)  # warm-up: gives the policy its first step costs
+    before = engine.stats().get("spec_steps", 0)
+    profile = cProfile.Profile()
+    profile.enable()
+    started = time.perf_counter()
+    _, tokens = run_concurrent(engine, prompts, args.max_tokens)
+    seconds = time.perf_counter() - started
+    profile.disable()
+    stats = pstats.Stats(profile).stats
+
+    def cumulative(name: str, file: str) -> float:
+        return sum(v[3] for k, v in stats.items() if k[2] == name and k[0].endswith(file))
+
+    step = cumulative("step", "engine/engine.py")
+    print(f"{args.dtype}, {args.requests} requests: {tokens / seconds:.1f} tok/s under cProfile, "
+          f"{engine.stats().get('spec_steps', 0) - before} speculative steps")
+    for name, file in (("choose", "spec/decoder.py"), ("_propose", "worker/model_runner.py"),
+                       ("verify", "spec/decoder.py")):
+        print(f"  {file}:{name}: {cumulative(name, file):.3f} s, {100 * cumulative(name, file) / step:.2f}% of step time")
+
+
+if __name__ == "__main__":
+    main()
