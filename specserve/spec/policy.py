@@ -18,11 +18,6 @@ The choice maximises expected goodput, emitted tokens per second of step time:
   exploration (one step in ``explore_every``) keeps estimates fresh, but only towards a neighbouring
   level predicted within EXPLORE_WITHIN of the best: on a saturated machine exploring a level already
   known to lose would cost throughput for nothing.
-- A step time not re-measured for STALE_STEPS steps is not trusted: ``T`` is predicted as for a size
-  never seen (from the fresh buckets around it), and its next measurement replaces it. Without that,
-  one slow spell of a shared machine, timed on the sizes in use at the time, kept those sizes priced
-  out for good once the policy had moved elsewhere (only neighbouring levels are explored, and only
-  when they look close): a single request then ran at ~1.4x instead of ~1.8x.
 
 Because both terms are measurements, a saturated machine (T grows linearly in n) makes extra draft
 tokens unprofitable and the policy falls back to no speculation smoothly, with no batch-size threshold.
@@ -60,9 +55,6 @@ MIN_GAIN = 1.10
 # Exploration only visits a neighbouring level whose predicted goodput is at least this share of the
 # chosen level's (at 32 requests, a one-token draft step measured ~0.7x of a plain one's goodput).
 EXPLORE_WITHIN = 0.85
-# A step-time estimate older than this many timed steps is stale: predictions skip it, and its next
-# measurement replaces it instead of blending in (the machine may have changed since).
-STALE_STEPS = 256
 
 
 def ema(old: float | None, value: float, decay: float) -> float:
@@ -73,14 +65,9 @@ def ema(old: float | None, value: float, decay: float) -> float:
 class StepCostModel:
     """Step seconds as a function of batched tokens, from observations."""
 
-    def __init__(self, decay: float = 0.8, stale_after: int = STALE_STEPS) -> None:
+    def __init__(self, decay: float = 0.8) -> None:
         self.decay = decay
-        self.stale_after = stale_after
         self.buckets: dict[int, float] = {}  # bucket lower edge -> EMA seconds, decode steps only
-        self.timed_at: dict[int, int] = {}  # bucket -> clock of its latest observation
-        self.clock = 0  # decode steps observed
-        self._trusted: list[int] = []
-        self._trusted_at: tuple[int, int] | None = None
         self.seconds_per_prefill_token: float | None = None  # EMA over prefill steps of >= 16 tokens
 
     @staticmethod
@@ -93,28 +80,12 @@ class StepCostModel:
                 self.seconds_per_prefill_token = ema(self.seconds_per_prefill_token, seconds / num_tokens, self.decay)
             return
         key = self.bucket(num_tokens)
-        self.clock += 1
-        old = None if self.is_stale(num_tokens) else self.buckets.get(key)
-        self.buckets[key] = ema(old, seconds, self.decay)
-        self.timed_at[key] = self.clock
-
-    def _trusted_keys(self) -> list[int]:
-        """Sorted buckets measured within stale_after steps (all of them if none is): cached per clock."""
-        if self._trusted_at != (self.clock, len(self.buckets)):
-            fresh = [k for k in self.buckets if self.clock - self.timed_at[k] <= self.stale_after]
-            self._trusted = sorted(fresh or self.buckets)
-            self._trusted_at = (self.clock, len(self.buckets))
-        return self._trusted
-
-    def is_stale(self, num_tokens: int) -> bool:
-        """Whether this batch size's step time is unmeasured, or last measured STALE_STEPS steps ago."""
-        key = self.bucket(num_tokens)
-        return key not in self.timed_at or self.clock - self.timed_at[key] > self.stale_after
+        self.buckets[key] = ema(self.buckets.get(key), seconds, self.decay)
 
     def predict(self, num_tokens: int) -> float | None:
         if not self.buckets:
             return None
-        keys = self._trusted_keys()
+        keys = sorted(self.buckets)
         n = max(num_tokens, 1)
         pos = bisect.bisect_left(keys, n)
         if pos < len(keys) and keys[pos] == n:
