@@ -10,32 +10,17 @@ proposal cost per level.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections import Counter
 
-import torch
+from auto_engine import auto_engine, parse_args  # benchmarks/, beside this script
 
-from specserve.bench.common import chat_prompt_ids
 from specserve.bench.engine_runs import run_concurrent
-from specserve.engine.engine import LLMEngine
-from specserve.engine.llm import build_engine_config
-from specserve.engine.model_setup import load_bundle
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--requests", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--speculator", default="default+ngram")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    bundle = load_bundle(None, args.dtype, "cpu")
-    prompts = [chat_prompt_ids(bundle.tokenizer, i, distinct=True) for i in range(args.requests)]
-    engine = LLMEngine(build_engine_config(dtype=args.dtype, max_num_seqs=1, speculator=args.speculator,
-                                           speculation="auto"), bundle)
+    args = parse_args(__doc__.split("\n\n")[0], "float32")
+    engine, prompts = auto_engine(args, max_num_seqs=1)
     spec = engine.runner.spec
     chosen: Counter[str] = Counter()
     choose = spec.choose

@@ -10,33 +10,18 @@ speculate. cProfile inflates Python-heavy code, so the shares are upper bounds.
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import pstats
 import time
 
-import torch
+from auto_engine import auto_engine, parse_args  # benchmarks/, beside this script
 
-from specserve.bench.common import chat_prompt_ids
 from specserve.bench.engine_runs import run_concurrent
-from specserve.engine.engine import LLMEngine
-from specserve.engine.llm import build_engine_config
-from specserve.engine.model_setup import load_bundle
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--requests", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--speculator", default="default+ngram")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    bundle = load_bundle(None, args.dtype, "cpu")
-    prompts = [chat_prompt_ids(bundle.tokenizer, i, distinct=True) for i in range(args.requests)]
-    engine = LLMEngine(build_engine_config(dtype=args.dtype, max_num_seqs=args.requests,
-                                           speculator=args.speculator, speculation="auto"), bundle)
+    args = parse_args(__doc__.split("\n\n")[0], "bfloat16")
+    engine, prompts = auto_engine(args, max_num_seqs=args.requests)
     run_concurrent(engine, prompts, 8)  # warm-up: gives the policy its first step costs
     before = engine.stats().get("spec_steps", 0)
     profile = cProfile.Profile()
