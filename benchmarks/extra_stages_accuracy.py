@@ -20,7 +20,7 @@ import torch
 from specserve.spec.checkpoint import load_mlp_speculator
 from specserve.spec.mlp_speculator import MLPSpeculator
 from specserve.train.losses import head_index, speculator_loss, stage_batch
-from specserve.train.trainer import split_phase2
+from specserve.train.trainer import split_phase2, stage_means
 
 
 def main() -> None:
@@ -45,8 +45,7 @@ def main() -> None:
             batch = stage_batch(torch.load(path), args.depth, to_head)
             results.append(speculator_loss(model(batch.hidden, batch.token_ids), batch.labels, [1.0] * args.depth))
     total = sum(r.num_labels for r in results)
-    mean = {key: [sum(getattr(r, key)[i] * r.num_labels for r in results) / total for i in range(args.depth)]
-            for key in ("stage_acc", "chain_acc")}
+    mean = {key: stage_means(results, key) for key in ("stage_acc", "chain_acc")}
     print(f"{trained.config.n_predict} trained stages, {args.depth} run, {total} held-out positions")
     print("step accuracy:", " / ".join(f"{a:.3f}" for a in mean["stage_acc"]))
     print("chain accuracy:", " / ".join(f"{a:.3f}" for a in mean["chain_acc"]))

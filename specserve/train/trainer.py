@@ -204,15 +204,21 @@ def calibrate_head_scale(model: torch.nn.Module, batch: Any) -> float:
     return factor
 
 
+def stage_means(results: list[Any], key: str) -> list[float]:
+    """Per stage, the label-weighted mean of one per-stage field (``stage_acc`` ...) of LossResults."""
+    total = sum(r.num_labels for r in results) or 1
+    return [sum(getattr(r, key)[i] * r.num_labels for r in results) / total
+            for i in range(len(getattr(results[0], key)))]
+
+
 def merge_results(parts: list[Any]) -> Any:
     """Label-weighted mean of the micro-batches' LossResults."""
     from specserve.train.losses import LossResult
 
     total = sum(p.num_labels for p in parts) or 1
-    mean = lambda key: [sum(getattr(p, key)[i] * p.num_labels for p in parts) / total
-                        for i in range(len(parts[0].stage_losses))]
     loss = sum(p.loss.detach() * p.num_labels for p in parts) / total
-    return LossResult(loss, mean("stage_losses"), mean("stage_acc"), mean("chain_acc"), total)
+    return LossResult(loss, stage_means(parts, "stage_losses"), stage_means(parts, "stage_acc"),
+                      stage_means(parts, "chain_acc"), total)
 
 
 def lr_at(step: int, num_steps: int, cfg: TrainConfig, base_lr: float) -> float:
@@ -246,10 +252,8 @@ def evaluate(model: torch.nn.Module, shards: list[Path], cfg: TrainConfig, to_he
             logits = model(batch.hidden, batch.token_ids)
         results.append(speculator_loss(logits, batch.labels, weights))
     model.train()
-    total = sum(r.num_labels for r in results) or 1
-    avg = lambda key: [sum(getattr(r, key)[i] * r.num_labels for r in results) / total
-                       for i in range(cfg.n_predict)]
-    return {"stage_loss": avg("stage_losses"), "stage_acc": avg("stage_acc"), "chain_acc": avg("chain_acc")}
+    return {"stage_loss": stage_means(results, "stage_losses"), "stage_acc": stage_means(results, "stage_acc"),
+            "chain_acc": stage_means(results, "chain_acc")}
 
 
 def train(cfg: TrainConfig) -> Path:
