@@ -18,20 +18,19 @@ from specserve.spec.proposer import ProposalRequest, Proposer
 
 
 class LookupFirstProposer:
-    def __init__(self, model: Proposer, lookup: NgramProposer | None = None, min_match: int = 2) -> None:
+    def __init__(self, model: Proposer, min_match: int = 2) -> None:
         self.model = model
-        self.lookup = lookup or NgramProposer(min_ngram=min_match)
-        self.min_match = min_match
+        self.lookup = NgramProposer(min_ngram=min_match)  # matches shorter than min_match are not tried
         self.name = f"{model.name}+ngram"
         self.needs_hidden = model.needs_hidden
         self.num_lookup_proposals = 0  # requests-steps served by the lookup (the rest by the model)
 
     def propose(self, requests: list[ProposalRequest], hidden: torch.Tensor | None) -> list[DraftTree]:
-        trees: list[DraftTree | None] = [None] * len(requests)
+        trees = [DraftTree() for _ in requests]
         rest: list[int] = []
         for i, req in enumerate(requests):
-            n, paths = self.lookup.match(req)
-            if n >= self.min_match:
+            paths = self.lookup.match(req)
+            if paths:
                 trees[i] = DraftTree.from_paths(paths)
                 self.num_lookup_proposals += 1
             else:
@@ -42,7 +41,7 @@ class LookupFirstProposer:
                 sub_hidden = hidden if len(rest) == len(requests) else hidden[torch.tensor(rest, device=hidden.device)]
             for i, tree in zip(rest, self.model.propose([requests[i] for i in rest], sub_hidden)):
                 trees[i] = tree
-        return [t if t is not None else DraftTree() for t in trees]
+        return trees
 
     def release(self, request_id: str) -> None:
         self.model.release(request_id)

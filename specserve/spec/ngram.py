@@ -31,13 +31,14 @@ class NgramProposer:
         pass
 
     def _propose_one(self, req: ProposalRequest) -> DraftTree:
-        _, paths = self.match(req)
+        paths = self.match(req)
         return DraftTree.from_paths(paths) if paths else DraftTree()
 
-    def match(self, req: ProposalRequest) -> tuple[int, list[list[int]]]:
-        """(length of the longest suffix n-gram found earlier, the continuations after it); (0, []) if none."""
+    def match(self, req: ProposalRequest) -> list[list[int]]:
+        """The continuations after the longest suffix n-gram found earlier (min_ngram tokens at least);
+        empty when none is."""
         if req.max_depth <= 0:
-            return 0, []
+            return []
         tokens = req.token_ids[-self.max_lookback:]
         num = len(tokens)
         for n in range(min(self.max_ngram, num - 1), self.min_ngram - 1, -1):
@@ -53,5 +54,5 @@ class NgramProposer:
                         if len(paths) >= req.num_candidates:
                             break
             if paths:
-                return n, paths
-        return 0, []
+                return paths
+        return []
