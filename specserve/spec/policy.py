@@ -4,20 +4,26 @@ The choice maximises expected goodput, emitted tokens per second of step time:
 
     sum_i E[emitted_i(level_i)] / T(num_batched_tokens)
 
-- ``T(n)`` is learned from the step times the engine observes for decode steps (an EMA per bucket of
-  batch token counts, interpolated). Beyond the largest bucket seen it grows by the per-token cost of
-  the prefill steps observed (a compute-bound rate), or, before any prefill, proportionally to n: an
-  unmeasured larger batch is never assumed free. Prefill steps never enter the buckets themselves: a
-  1000-token prefill would make interpolated mid-size decode steps look far cheaper than they are.
+- ``T(n)`` is learned from the step times the engine observes for decode steps: a machine-speed factor
+  that follows every step, times a cost shape per bucket of batch token counts that only steps timed
+  right after a step of another size change (``StepCostModel``: on a shared machine, sizes timed at
+  different moments must not be compared in absolute seconds). Beyond the largest bucket seen it
+  grows by the per-token cost of the prefill steps observed (a compute-bound rate), or, before any
+  prefill, proportionally to n: an unmeasured larger batch is never assumed free. Prefill steps never
+  enter the buckets themselves: a 1000-token prefill would make interpolated mid-size decode steps
+  look far cheaper than they are.
 - Proposing drafts costs time too (the speculator's forward, per request): measured apart from the
   base step (an EMA of seconds per proposing request at each level) and added to ``T`` for that level.
 - ``E[emitted]`` for a level (depth d, c candidates) is measured: an EMA of tokens emitted per step
-  (bonus included) at that level, globally and per request. An unmeasured level starts from a prior,
-  1 + d * (accepted drafts per unit of depth measured so far at any level; 1 before any), so it is
-  tried while speculation looks promising and skipped once it plainly does not pay. A little
-  exploration (one step in ``explore_every``) keeps estimates fresh, but only towards a neighbouring
-  level predicted within EXPLORE_WITHIN of the best: on a saturated machine exploring a level already
-  known to lose would cost throughput for nothing.
+  (bonus included) at that level, globally and per request, each weighed by the steps it rests on
+  against a prior, 1 + d * (accepted drafts per unit of depth measured at any level, from 1), so a
+  level is tried while speculation looks promising, skipped once it plainly does not pay, and not
+  written off after one unlucky step.
+- A little exploration (one step in ``explore_every``) keeps estimates fresh, but only towards a
+  neighbouring level predicted within EXPLORE_WITHIN of the best (on a saturated machine exploring a
+  level already known to lose would cost throughput for nothing), or one whose size has not been timed
+  for RETIME_AFTER steps, or a draft size timed only once: a timing taken in a slow spell must not
+  price a level out for good because it is never taken again.
 
 Because both terms are measurements, a saturated machine (T grows linearly in n) makes extra draft
 tokens unprofitable and the policy falls back to no speculation smoothly, with no batch-size threshold.
@@ -48,13 +54,20 @@ MIN_RATE = 0.05  # accepted drafts per draft token below which a request stops s
 REQUEST_RATE_DECAY = 0.9
 # A request's own acceptance at a level weighs count / (count + this) against every request's.
 REQUEST_PRIOR_STEPS = 16
-# A speculative level must promise this much more goodput than no speculation. The cost model is an
-# EMA over noisy step times (and extrapolates unseen sizes), so a predicted gain of a few percent is
+# Every request's acceptance at a level weighs count / (count + this) against the prior from all levels:
+# a chain accepts nothing in ~40% of its steps, so a level judged on its first step or two could be
+# priced out by bad luck, never chosen again, and so never corrected.
+LEVEL_PRIOR_STEPS = 8
+# A speculative level must promise this much more goodput than no speculation. The cost model rests on
+# noisy step times (and extrapolates unseen sizes), so a predicted gain of a few percent is
 # within its error: at 32 requests on the 2-core EPYC, levels predicted ~5% ahead measured 20% behind.
 MIN_GAIN = 1.10
 # Exploration only visits a neighbouring level whose predicted goodput is at least this share of the
-# chosen level's (at 32 requests, a one-token draft step measured ~0.7x of a plain one's goodput).
+# chosen level's (at 32 requests, a one-token draft step measured ~0.7x of a plain one's goodput) ...
 EXPLORE_WITHIN = 0.85
+# ... or whose step size was last timed this many decode steps ago: a size timed at the start of a slow
+# spell stays too dear in the cost shape until it is timed again (one step in this many, at most).
+RETIME_AFTER = 128
 
 
 def ema(old: float | None, value: float, decay: float) -> float:
@@ -63,44 +76,98 @@ def ema(old: float | None, value: float, decay: float) -> float:
 
 
 class StepCostModel:
-    """Step seconds as a function of batched tokens, from observations."""
+    """Step seconds as a function of batched tokens: a machine-speed factor times a cost shape.
 
-    def __init__(self, decay: float = 0.8) -> None:
-        self.decay = decay
-        self.buckets: dict[int, float] = {}  # bucket lower edge -> EMA seconds, decode steps only
-        self.seconds_per_prefill_token: float | None = None  # EMA over prefill steps of >= 16 tokens
+    On a shared machine the same step can take twice as long in a slow spell. EMAs of absolute seconds
+    per size, each last updated at a different time, compare a draft size timed in a slow spell with a
+    plain size timed since: speculation then looks dear, is no longer chosen, and its size is never
+    timed again (at one request `auto` ran at 1.4x instead of 1.8x). So the model keeps apart:
+
+    - ``speed``: how slow the machine is now, a fast EMA (SPEED_DECAY) of each decode step's seconds
+      over the shape's figure for its size. Every size's prediction moves with it at once.
+    - ``shape``: seconds per size at speed 1, per bucket of batched tokens. A step of the same bucket
+      as the step before tells only the speed (so a slow spell leaves the relative costs as they
+      were). A step of another bucket, or a first one, is read against the speed of the steps just
+      before it: it tells this size's cost relative to theirs (an EMA, SWITCH_DECAY), then the speed.
+      Updating both from same-bucket steps would let their split drift at random with the noise (the
+      product is all a bucket's steps show), and the other buckets' predictions with it.
+
+    The policy compares levels within one step, so what decides is the shape; the speed matters
+    against the costs measured apart (the speculator's proposals).
+    """
+
+    SPEED_DECAY = 0.5
+    SWITCH_DECAY = 0.6
+
+    def __init__(self) -> None:
+        self.shape: dict[int, float] = {}  # bucket lower edge -> seconds at speed 1, decode steps only
+        self.speed = 1.0
+        self.last_bucket: int | None = None  # the bucket of the latest decode step
+        self.timings: dict[int, int] = {}  # per bucket, the steps that set its shape (switches into it)
+        self.num_steps = 0  # decode steps observed
+        self.set_at: dict[int, int] = {}  # per bucket, num_steps when its shape was last set
+        self.prefill_token_shape: float | None = None  # seconds per prefill token at speed 1 (>= 16 tokens)
 
     @staticmethod
     def bucket(num_tokens: int) -> int:
-        return 1 if num_tokens <= 1 else int(1.25 ** math.floor(math.log(num_tokens, 1.25)))
+        """Exact up to 16 tokens (one request's drafts: 8 and 9 rows differ by a GEMM row group),
+        then geometric (x1.25)."""
+        if num_tokens <= 16:
+            return max(num_tokens, 1)
+        return int(1.25 ** math.floor(math.log(num_tokens, 1.25)))
+
+    @property
+    def buckets(self) -> dict[int, float]:
+        """Predicted seconds per bucket at the current speed."""
+        return {key: self.speed * value for key, value in self.shape.items()}
 
     def observe(self, num_tokens: int, seconds: float, decode_only: bool = True) -> None:
         if not decode_only:
             if num_tokens >= 16:
-                self.seconds_per_prefill_token = ema(self.seconds_per_prefill_token, seconds / num_tokens, self.decay)
+                per_token = seconds / num_tokens / self.speed
+                self.prefill_token_shape = ema(self.prefill_token_shape, per_token, self.SWITCH_DECAY)
             return
         key = self.bucket(num_tokens)
-        self.buckets[key] = ema(self.buckets.get(key), seconds, self.decay)
+        self.num_steps += 1
+        if key != self.last_bucket:
+            self.shape[key] = ema(self.shape.get(key), seconds / self.speed, self.SWITCH_DECAY)
+            self.timings[key] = self.timings.get(key, 0) + 1
+            self.set_at[key] = self.num_steps
+        self.speed = ema(self.speed, seconds / self.shape[key], self.SPEED_DECAY)
+        self.last_bucket = key
+
+    def num_timings(self, num_tokens: int) -> int:
+        """How many times this size's bucket was timed right after another (what sets its shape)."""
+        return self.timings.get(self.bucket(num_tokens), 0)
+
+    def age(self, num_tokens: int) -> int:
+        """Decode steps since this size's shape was last set (0 if it never was: it is interpolated)."""
+        key = self.bucket(num_tokens)
+        return self.num_steps - self.set_at[key] if key in self.set_at else 0
 
     def predict(self, num_tokens: int) -> float | None:
-        if not self.buckets:
+        shape = self._predict_shape(num_tokens)
+        return None if shape is None else self.speed * shape
+
+    def _predict_shape(self, num_tokens: int) -> float | None:
+        if not self.shape:
             return None
-        keys = sorted(self.buckets)
+        keys = sorted(self.shape)
         n = max(num_tokens, 1)
         pos = bisect.bisect_left(keys, n)
         if pos < len(keys) and keys[pos] == n:
-            return self.buckets[n]
+            return self.shape[n]
         if pos == 0:
-            return self.buckets[keys[0]]  # fewer tokens than ever seen: at most as costly
+            return self.shape[keys[0]]  # fewer tokens than ever seen: at most as costly
         if pos == len(keys):  # beyond what was seen
             last = keys[-1]
-            per_token = self.buckets[last] / last
-            if self.seconds_per_prefill_token is not None:
-                per_token = self.seconds_per_prefill_token
-            return self.buckets[last] + (n - last) * per_token
+            per_token = self.shape[last] / last
+            if self.prefill_token_shape is not None:
+                per_token = self.prefill_token_shape
+            return self.shape[last] + (n - last) * per_token
         lo, hi = keys[pos - 1], keys[pos]
         frac = (n - lo) / (hi - lo)
-        return self.buckets[lo] + frac * (self.buckets[hi] - self.buckets[lo])
+        return self.shape[lo] + frac * (self.shape[hi] - self.shape[lo])
 
 
 @dataclass
@@ -135,8 +202,12 @@ class SpeculationPolicy:
         # Per request: EMA of accepted drafts per draft token, whatever the level. Requests below
         # MIN_RATE sit out (no drafts) until their estimate is reset for a retry.
         self.request_rate: dict[str, float] = {}
-        self.drafts_per_depth: float | None = None  # EMA of accepted drafts / level depth, any level
-        self.global_rate: float | None = None  # EMA of accepted drafts per draft token, all requests
+        # EMA of accepted drafts per unit of depth, any level (the prior of levels not measured well).
+        # It starts from every draft accepted, not from the first step: one unlucky first step (a chain
+        # accepts nothing in ~40% of them) would make every level look useless.
+        self.drafts_per_depth = 1.0
+        # EMA of accepted drafts per draft token, all requests; from every draft accepted, as above.
+        self.global_rate = 1.0
         self._step = 0
         self.last_level: Level = self.levels[-1]
 
@@ -151,7 +222,7 @@ class SpeculationPolicy:
     def observe_request(self, request_id: str, level: Level, emitted: int, num_nodes: int) -> None:
         self.global_stats.observe(level, emitted, num_nodes)
         if level.depth:
-            self.drafts_per_depth = ema(self.drafts_per_depth, (emitted - 1) / level.depth, 0.9)
+            self.drafts_per_depth = ema(self.drafts_per_depth, (emitted - 1) / level.depth, 0.8)
         self.request_stats.setdefault(request_id, AcceptanceStats(decay=0.8)).observe(level, emitted, num_nodes)
         if num_nodes:
             rate = (emitted - 1) / num_nodes
@@ -168,22 +239,27 @@ class SpeculationPolicy:
         """(expected emitted tokens, expected draft nodes) at a level for one request."""
         if level.depth == 0:
             return 1.0, 0.0
+        emitted, nodes = self._expected_any_request(level)
         stats = self.request_stats.get(request_id) if request_id else None
-        glob = self.global_stats
         if stats is not None and level in stats.emitted:
-            if level not in glob.emitted:
-                return stats.emitted[level], stats.nodes[level]
             # A request's own figures count in proportion to how many steps they rest on: a few
             # unlucky steps must not stop a request whose drafts pay on average.
             weight = stats.count[level] / (stats.count[level] + REQUEST_PRIOR_STEPS)
-            return (weight * stats.emitted[level] + (1 - weight) * glob.emitted[level],
-                    weight * stats.nodes[level] + (1 - weight) * glob.nodes[level])
-        if level in glob.emitted:
-            return glob.emitted[level], glob.nodes[level]
-        # Prior for an untried level: the acceptance seen so far at other levels (or every draft
-        # accepted, before any), spread along one path.
-        per_depth = 1.0 if self.drafts_per_depth is None else self.drafts_per_depth
-        return 1.0 + level.depth * per_depth, float(level.depth * level.candidates)
+            return (weight * stats.emitted[level] + (1 - weight) * emitted,
+                    weight * stats.nodes[level] + (1 - weight) * nodes)
+        return emitted, nodes
+
+    def _expected_any_request(self, level: Level) -> tuple[float, float]:
+        # Prior: the acceptance seen so far at any level (or every draft accepted, before any), spread
+        # along one path.
+        prior_emitted = 1.0 + level.depth * self.drafts_per_depth
+        prior_nodes = float(level.depth * level.candidates)
+        glob = self.global_stats
+        if level not in glob.emitted:
+            return prior_emitted, prior_nodes
+        weight = glob.count[level] / (glob.count[level] + LEVEL_PRIOR_STEPS)
+        return (weight * glob.emitted[level] + (1 - weight) * prior_emitted,
+                weight * glob.nodes[level] + (1 - weight) * prior_nodes)
 
     def choose(self, request_ids: list[str], num_other_tokens: int = 0) -> list[Level]:
         """One level per request for the next step."""
@@ -198,11 +274,13 @@ class SpeculationPolicy:
         num_idle = len(request_ids) - len(active)
         best_level, best_rate, plain_rate = self.levels[0], -1.0, 0.0
         rates: dict[Level, float] = {}
+        sizes: dict[Level, int] = {}  # batched tokens of the step at each level
         for level in self.levels:
-            rate = self._goodput(level, active, num_other_tokens + num_idle, num_idle)
-            if rate is None:  # no decode step timed yet: measure the plain step first, then explore
+            goodput = self._goodput(level, active, num_other_tokens + num_idle, num_idle)
+            if goodput is None:  # no decode step timed yet: measure the plain step first, then explore
                 best_level, rates = self.levels[0], {}
                 break
+            rate, sizes[level] = goodput
             rates[level] = rate
             if level.depth == 0:
                 plain_rate = rate
@@ -211,17 +289,25 @@ class SpeculationPolicy:
             if rate > best_rate:
                 best_level, best_rate = level, rate
         if self._step % self.explore_every == 0 and rates:
+            # A draft size timed only once may have been timed in a slow spell, which would price its
+            # levels out for good (and the levels near it, whose cost is interpolated from it): one
+            # more timing each, at most once per size in the engine's life.
+            retime = [level for level in rates if level.depth and self.cost.num_timings(sizes[level]) == 1]
             index = self.levels.index(best_level)
             neighbour = index + 1 if (self._step // self.explore_every) % 2 else index - 1
             candidate = self.levels[min(max(neighbour, 0), len(self.levels) - 1)]
-            if rates[candidate] >= EXPLORE_WITHIN * rates[best_level]:
+            if retime:
+                best_level = max(retime, key=lambda level: rates[level])
+            elif (rates[candidate] >= EXPLORE_WITHIN * rates[best_level]
+                    or self.cost.age(sizes[candidate]) >= RETIME_AFTER):
                 best_level = candidate
         self.last_level = best_level
         active_set = set(active)
         return [best_level if rid in active_set else self.levels[0] for rid in request_ids]
 
     def _goodput(self, level: Level, request_ids: list[str], num_other_tokens: int,
-                 num_idle: int = 0) -> float | None:
+                 num_idle: int = 0) -> tuple[float, int] | None:
+        """(expected emitted tokens per second, batched tokens) of a step at ``level``."""
         emitted_total, tokens = float(num_idle), num_other_tokens
         # Requests without figures of their own at this level all expect the same (global or prior):
         # one lookup for them, so that a 32-request step does not pay ~300 lookups per step.
@@ -241,4 +327,4 @@ class SpeculationPolicy:
             return None
         if level.depth:
             seconds += self.proposal_seconds.get(level, 0.0) * len(request_ids)
-        return emitted_total / max(seconds, 1e-9)
+        return emitted_total / max(seconds, 1e-9), tokens

@@ -142,3 +142,23 @@ def test_untried_levels_inherit_the_measured_acceptance() -> None:
     for _ in range(20):
         policy.observe_request("r0", Level(1, 1), 1, 1)  # the one-token drafts are never accepted
     assert policy.expected(Level(3, 1), "r1")[0] == pytest.approx(1.0, abs=0.2)
+
+
+@pytest.mark.parametrize("spell_start", [0, 1, 3, 40])
+def test_a_slow_spell_does_not_price_speculation_out(spell_start: int) -> None:
+    """A shared machine has slow spells. Ten steps 6x slower (from the first step, the first draft
+    step, a few steps in, or long after) must not leave speculation priced out once the machine is
+    fast again. With absolute per-size EMAs, a draft size timed in the spell kept its slow time, was
+    never chosen again, so never re-timed: 0 of 200 steps speculated although drafts paid ~3x."""
+    policy = SpeculationPolicy("auto", max_depth=3, max_candidates=1)
+    policy.observe_step(100, overhead_bound(100), decode_only=False)
+    speculated = []
+    for step in range(spell_start + 40 + 200):
+        level = policy.choose(["r0"])[0]
+        tokens = 1 + level.depth
+        if level.depth:
+            policy.observe_request("r0", level, 1 + level.depth, level.depth)  # every draft accepted
+        slow = spell_start <= step < spell_start + 10
+        policy.observe_step(tokens, overhead_bound(tokens) * (6 if slow else 1))
+        speculated.append(level.depth > 0)
+    assert sum(speculated[-200:]) >= 190

@@ -1,0 +1,68 @@
+"""The adaptive policy on a simulated shared machine: step times with random noise and slow spells
+(1.3-3x, lasting 5-150 steps), as on the 2-core VM the benchmarks run on. Its goodput must stay
+near the best fixed level's at one request, and at or above no speculation when the batch is
+saturated. The session-4 policy (per-size EMAs of absolute seconds: a level timed in a slow spell was
+priced out and never timed again; a level judged on its first unlucky step) reached 0.92x of the best
+fixed level at one request on these seeds (0.88x worst), and 0.988-0.993x of no speculation when
+saturated; this one 0.976x (0.947x), and 0.998-0.999x."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from specserve.spec.policy import Level, SpeculationPolicy
+
+STEPS = 2000
+ACCEPT = 0.6  # each draft accepted with this probability once those before it were
+
+
+def one_request_cost(num_tokens: int) -> float:  # a few more rows are nearly free; a 9th row is not
+    return 0.020 + 0.0008 * (num_tokens - 1) + (0.008 if num_tokens > 8 else 0.0)
+
+
+def saturated_cost(num_tokens: int) -> float:  # past 8 rows every token costs compute
+    return 0.015 + 0.0006 * num_tokens if num_tokens > 8 else 0.020
+
+
+def goodput(seed: int, batch: int, cost, fixed_depth: int | None = None) -> float:
+    """Emitted tokens per simulated second; ``fixed_depth`` replaces the policy by one level."""
+    speeds: list[float] = []
+    spells = random.Random(seed)
+    while len(speeds) < STEPS:
+        speeds += [spells.choice([1.0, 1.0, 1.3, 1.8, 3.0])] * spells.randint(5, 150)
+    accept, noise = random.Random(seed + 1000), random.Random(seed + 2000)
+    policy = SpeculationPolicy("auto", max_depth=5, max_candidates=1)
+    ids = [f"r{i}" for i in range(batch)]
+    policy.observe_step(100 * batch, cost(100 * batch), decode_only=False)  # the prompts' prefill
+    seconds = emitted = 0.0
+    for step in range(STEPS):
+        levels = [Level(fixed_depth, 1)] * batch if fixed_depth is not None else policy.choose(ids)
+        tokens = 0
+        for rid, level in zip(ids, levels):
+            accepted = 0
+            while accepted < level.depth and accept.random() < ACCEPT:
+                accepted += 1
+            if level.depth:
+                policy.observe_request(rid, level, 1 + accepted, level.depth)
+            emitted += 1 + accepted
+            tokens += 1 + level.depth
+        step_seconds = cost(tokens) * speeds[step] * noise.lognormvariate(0, 0.1)
+        policy.observe_step(tokens, step_seconds)
+        seconds += step_seconds
+    return emitted / seconds
+
+
+def test_one_request_stays_near_the_best_fixed_level() -> None:
+    ratios = []
+    for seed in range(4):
+        best = max(goodput(seed, 1, one_request_cost, depth) for depth in range(6))
+        ratios.append(goodput(seed, 1, one_request_cost) / best)
+    assert sum(ratios) / len(ratios) >= 0.95 and min(ratios) >= 0.92, ratios
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_saturated_batch_stays_at_no_speculation(seed: int) -> None:
+    plain = goodput(seed, 32, saturated_cost, fixed_depth=0)
+    assert goodput(seed, 32, saturated_cost) >= 0.995 * plain
