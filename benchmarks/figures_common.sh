@@ -1,17 +1,20 @@
 # Helpers shared by the benchmarks/session*_figures.sh scripts (sourced, not run).
 # Needs T (threads) and OUT (results folder); ONLY=name1,name2 restricts a run to those names.
+# PY: the Python that runs specserve (default .venv/bin/python; the code is imported from the current
+# folder first, so another checkout's code runs from its folder with this venv).
+PY=${PY:-$(pwd)/.venv/bin/python}
 want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 evaluate() {  # name, then eval-speculator arguments
   local name=$1; shift
   want "$name" || return 0
   echo "== $name: specserve eval-speculator $* (load: $(load))"
-  .venv/bin/specserve eval-speculator "$@" --threads "$T" --json > "$OUT/$name.json"
-  .venv/bin/python -c "import json,sys; from specserve.train.eval import print_report; print(print_report(json.load(open(sys.argv[1]))))" "$OUT/$name.json" | tee "$OUT/$name.txt"
+  "$PY" -m specserve.cli eval-speculator "$@" --threads "$T" --json > "$OUT/$name.json"
+  "$PY" -c "import json,sys; from specserve.train.eval import print_report; print(print_report(json.load(open(sys.argv[1]))))" "$OUT/$name.json" | tee "$OUT/$name.txt"
 }
 bench() {  # name, then bench arguments
   local name=$1; shift
   want "$name" || return 0
   echo "== $name: specserve bench $* (load: $(load))"
-  .venv/bin/specserve bench "$@" --threads "$T" --json "$OUT/$name.json" | tee "$OUT/$name.txt"
+  "$PY" -m specserve.cli bench "$@" --threads "$T" --json "$OUT/$name.json" | tee "$OUT/$name.txt"
 }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Session 6 figures: the adaptive policy's new cost model (machine speed x cost shape) and acceptance
+# priors, against the session-5 policy in the same session. Throughput at 1, 8 and 32 requests (auto
+# against off) and the one-request eval on held-out chat, each run with this checkout's policy and,
+# when OLD=path/to/a/checkout/of/6c2d73b is set, again with that checkout's code (names *_s5policy).
+# Usage: [OLD=/tmp/w/old] bash benchmarks/session6_figures.sh [THREADS] -> benchmarks/results/s6_*
+# Set ONLY=name1,name2 to run a subset. Run it on an otherwise idle machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=${1:-2}
+OUT=benchmarks/results
+mkdir -p "$OUT"
+source benchmarks/figures_common.sh
+CHAT="--num-prompts 32 --max-tokens 128 --batch-size 1"
+THROUGHPUT="throughput --concurrency 1,8,32 --configs off,auto --max-tokens 128 --num-requests 32 --repeats 2 --speculator default+ngram"
+OUT_ABS=$(pwd)/$OUT
+run_both() {  # name, then a command (evaluate or bench) and its arguments
+  local name=$1 fn=$2; shift 2
+  "$fn" "$name" "$@"
+  if [ -n "${OLD:-}" ]; then  # the same command on the old checkout's code (imported from its folder)
+    (cd "$OLD" && OUT="$OUT_ABS" PYTHONPATH="$OLD" "$fn" "${name}_s5policy" "$@")
+  fi
+}
+run_both s6_throughput_float32 bench $THROUGHPUT --dtype float32
+run_both s6_throughput_bfloat16 bench $THROUGHPUT --dtype bfloat16
+run_both s6_eval_chat_hybrid_float32 evaluate --speculator default+ngram $CHAT --dtype float32 --num-candidates 1
