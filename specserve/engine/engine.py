@@ -234,7 +234,7 @@ class LLMEngine:
             "num_preemptions": self.scheduler.num_preemptions,
             "num_running": len(self.scheduler.running),
             "num_waiting": len(self.scheduler.waiting),
-            **(self.runner.spec.stats.as_dict() if self.runner.spec is not None else {}),
+            **(self.runner.spec.stats_dict() if self.runner.spec is not None else {}),
         }
 
     def check_integrity(self) -> None:

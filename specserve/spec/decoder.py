@@ -19,7 +19,7 @@ import torch
 
 from specserve.spec.draft_tree import DraftTree
 from specserve.spec.policy import Level, SpeculationPolicy
-from specserve.spec.proposer import ProposalRequest, Proposer
+from specserve.spec.proposer import ProposalRequest, Proposer, hidden_rows
 from specserve.spec.rejection_sampler import VerifyInput, VerifyResult, verify
 
 
@@ -122,7 +122,7 @@ class SpecDecoder:
         trees = {r.request_id: DraftTree() for r in requests}
         if active:
             index = [i for i, r in enumerate(requests) if r.max_depth > 0]
-            sub_hidden = hidden[torch.tensor(index, device=hidden.device)] if hidden is not None else None
+            sub_hidden = hidden_rows(hidden, index, len(requests))
             started = time.perf_counter()
             proposed = self.proposer.propose(active, sub_hidden)
             self.last_proposal_seconds = time.perf_counter() - started
@@ -130,6 +130,12 @@ class SpecDecoder:
             for req, tree in zip(active, proposed):
                 trees[req.request_id] = tree
         return [trees[r.request_id] for r in requests]
+
+    def stats_dict(self) -> dict[str, Any]:
+        """The engine-wide counters, and the proposer's own where it keeps some (prompt lookup: how
+        many request-steps it served)."""
+        proposer_stats = getattr(self.proposer, "stats", None)
+        return {**self.stats.as_dict(), **(proposer_stats() if proposer_stats else {})}
 
     def release(self, request_id: str) -> None:
         self.levels.pop(request_id, None)

@@ -14,7 +14,7 @@ import torch
 
 from specserve.spec.draft_tree import DraftTree
 from specserve.spec.ngram import NgramProposer
-from specserve.spec.proposer import ProposalRequest, Proposer
+from specserve.spec.proposer import ProposalRequest, Proposer, hidden_rows
 
 
 class LookupFirstProposer:
@@ -36,12 +36,13 @@ class LookupFirstProposer:
             else:
                 rest.append(i)
         if rest:
-            sub_hidden = None
-            if hidden is not None:
-                sub_hidden = hidden if len(rest) == len(requests) else hidden[torch.tensor(rest, device=hidden.device)]
+            sub_hidden = hidden_rows(hidden, rest, len(requests))
             for i, tree in zip(rest, self.model.propose([requests[i] for i in rest], sub_hidden)):
                 trees[i] = tree
         return trees
+
+    def stats(self) -> dict[str, int]:
+        return {"spec_lookup_proposals": self.num_lookup_proposals}
 
     def release(self, request_id: str) -> None:
         self.model.release(request_id)

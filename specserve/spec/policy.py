@@ -22,8 +22,8 @@ The choice maximises expected goodput, emitted tokens per second of step time:
 - A little exploration (one step in ``explore_every``) keeps estimates fresh, but only towards a
   neighbouring level predicted within EXPLORE_WITHIN of the best (on a saturated machine exploring a
   level already known to lose would cost throughput for nothing), or one whose size has not been timed
-  for RETIME_AFTER steps, or a draft size timed only once: a timing taken in a slow spell must not
-  price a level out for good because it is never taken again.
+  for RETIME_AFTER steps, or a draft size timed only once, when at half its step time it would win: a
+  timing taken in a slow spell must not price a level out for good because it is never taken again.
 
 Because both terms are measurements, a saturated machine (T grows linearly in n) makes extra draft
 tokens unprofitable and the policy falls back to no speculation smoothly, with no batch-size threshold.
@@ -68,6 +68,10 @@ EXPLORE_WITHIN = 0.85
 # ... or whose step size was last timed this many decode steps ago: a size timed at the start of a slow
 # spell stays too dear in the cost shape until it is timed again (one step in this many, at most).
 RETIME_AFTER = 128
+# Re-timing (that, or a size timed only once) only for a level that a slow spell could have priced out:
+# at half its step time (the machine runs 1.3-3x slower in its spells) it would win. On a saturated
+# batch the deep levels, predicted far behind, are then not re-timed at all (each such step is a loss).
+RETIME_WITHIN = 0.5
 
 
 def ema(old: float | None, value: float, decay: float) -> float:
@@ -292,14 +296,16 @@ class SpeculationPolicy:
             # A draft size timed only once may have been timed in a slow spell, which would price its
             # levels out for good (and the levels near it, whose cost is interpolated from it): one
             # more timing each, at most once per size in the engine's life.
-            retime = [level for level in rates if level.depth and self.cost.num_timings(sizes[level]) == 1]
+            retime = [level for level in rates if level.depth and self.cost.num_timings(sizes[level]) == 1
+                      and rates[level] >= RETIME_WITHIN * rates[best_level]]
             index = self.levels.index(best_level)
             neighbour = index + 1 if (self._step // self.explore_every) % 2 else index - 1
             candidate = self.levels[min(max(neighbour, 0), len(self.levels) - 1)]
             if retime:
                 best_level = max(retime, key=lambda level: rates[level])
             elif (rates[candidate] >= EXPLORE_WITHIN * rates[best_level]
-                    or self.cost.age(sizes[candidate]) >= RETIME_AFTER):
+                    or (self.cost.age(sizes[candidate]) >= RETIME_AFTER
+                        and rates[candidate] >= RETIME_WITHIN * rates[best_level])):
                 best_level = candidate
         self.last_level = best_level
         active_set = set(active)

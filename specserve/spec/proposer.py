@@ -33,3 +33,11 @@ class Proposer(Protocol):
     def release(self, request_id: str) -> None:
         """Forget per-request state (called when a request finishes or is preempted)."""
         ...
+
+
+def hidden_rows(hidden: torch.Tensor | None, index: list[int], num_requests: int) -> torch.Tensor | None:
+    """The hidden-state rows of the requests at ``index`` (ascending) out of ``num_requests``, for
+    a proposer that serves only some of them; no copy when it serves them all."""
+    if hidden is None or len(index) == num_requests:
+        return hidden
+    return hidden[torch.tensor(index, device=hidden.device)]

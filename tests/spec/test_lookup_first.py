@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from specserve.spec.decoder import SpecDecoder
 from specserve.spec.draft_tree import DraftTree
 from specserve.spec.lookup_first import LookupFirstProposer
-from specserve.spec.proposer import ProposalRequest
+from specserve.spec.policy import SpeculationPolicy
+from specserve.spec.proposer import ProposalRequest, hidden_rows
 
 
 class RecordingProposer:
@@ -51,6 +53,9 @@ def test_repeated_bigram_takes_the_lookup_and_the_rest_go_to_the_model_with_thei
     assert torch.equal(rows, hidden[[1, 2]])
     assert trees[1].token_ids == [100] * 4 and trees[2].token_ids == [200] * 4
     assert proposer.num_lookup_proposals == 2
+    # llm.stats() reports it, beside the engine-wide counters
+    stats = SpecDecoder(proposer, SpeculationPolicy("on", 4, 1)).stats_dict()
+    assert stats["spec_lookup_proposals"] == 2 and stats["spec_steps"] == 0
 
 
 def test_all_lookups_skip_the_model() -> None:
@@ -58,3 +63,10 @@ def test_all_lookups_skip_the_model() -> None:
     proposer = LookupFirstProposer(model, min_match=2)
     trees = proposer.propose([request("a", [1, 2, 3, 1, 2])], torch.zeros(1, 3))
     assert trees[0].token_ids == [3, 1, 2] and model.seen == []
+
+
+def test_hidden_rows_selects_in_order_and_does_not_copy_when_every_request_is_served() -> None:
+    hidden = torch.arange(12, dtype=torch.float32).view(4, 3)
+    assert hidden_rows(hidden, [0, 1, 2, 3], 4) is hidden
+    assert torch.equal(hidden_rows(hidden, [1, 3], 4), hidden[[1, 3]])
+    assert hidden_rows(None, [1], 4) is None
