@@ -24,3 +24,8 @@ run_both() {  # name, then a command (evaluate or bench) and its arguments
 run_both s6_throughput_float32 bench $THROUGHPUT --dtype float32
 run_both s6_throughput_bfloat16 bench $THROUGHPUT --dtype bfloat16
 run_both s6_eval_chat_hybrid_float32 evaluate --speculator default+ngram $CHAT --dtype float32 --num-candidates 1
+# Longer runs at 8 and 32 requests (64 requests, 3 interleaved rounds), in both orders of the configs:
+# where auto takes no speculative step, what is left between the two is the machine's noise.
+LONG="throughput --concurrency 8,32 --max-tokens 128 --num-requests 64 --repeats 3 --speculator default+ngram --dtype float32"
+run_both s6_throughput_long_off_first bench $LONG --configs off,auto
+run_both s6_throughput_long_auto_first bench $LONG --configs auto,off
