@@ -1,5 +1,13 @@
-# Helpers shared by the benchmarks/session*_figures.sh scripts (sourced, not run).
-# Needs T (threads) and OUT (results folder); ONLY=name1,name2 restricts a run to those names.
+# Helpers shared by the benchmarks/session*_figures.sh scripts (sourced, not run, first thing):
+# strict mode, the repository root as working folder, T = the script's first argument (threads,
+# default 2), OUT = benchmarks/results, CHAT = the held-out chat eval's arguments.
+# ONLY=name1,name2 restricts a run to those names.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=${1:-2}
+OUT=benchmarks/results
+mkdir -p "$OUT"
+CHAT="--num-prompts 32 --max-tokens 128 --batch-size 1"
 # PY: the Python that runs specserve (default .venv/bin/python; the code is imported from the current
 # folder first, so another checkout's code runs from its folder with this venv).
 PY=${PY:-$(pwd)/.venv/bin/python}

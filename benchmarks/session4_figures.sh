@@ -3,14 +3,9 @@
 # Usage: bash benchmarks/session4_figures.sh [THREADS]  -> benchmarks/results/*.json and *.txt
 # MLP and MEDUSA name the speculators to compare (defaults: the shipped MLP, runs/medusa-full/medusa).
 # Set ONLY=name1,name2 to run a subset.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-T=${1:-2}
-OUT=benchmarks/results
+source "$(dirname "$0")/figures_common.sh"
 MLP=${MLP:-default}
 MEDUSA=${MEDUSA:-medusa:runs/medusa-full/medusa}
-mkdir -p "$OUT"
-source benchmarks/figures_common.sh
 if want speculator_cost; then echo "== speculator_cost (load: $(load))"; .venv/bin/python benchmarks/speculator_cost.py --threads "$T" --iters 200 | tee "$OUT/speculator_cost.txt"; fi
 if want head_vocab; then echo "== head_vocab (load: $(load))"; .venv/bin/python benchmarks/head_vocab_tradeoff.py "${RUN:-runs/mlp-full}" --threads "$T" | tee "$OUT/head_vocab_tradeoff.txt"; fi
 EVAL="--num-prompts 32 --max-tokens 128 --batch-size 1"

@@ -3,13 +3,7 @@
 # on held-out chat and on copy-heavy rewrite prompts; the latency and throughput benchmarks.
 # Usage: bash benchmarks/session5_figures.sh [THREADS]  -> benchmarks/results/s5_*.json and *.txt
 # Set ONLY=name1,name2 to run a subset. Run it on an otherwise idle machine.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-T=${1:-2}
-OUT=benchmarks/results
-mkdir -p "$OUT"
-source benchmarks/figures_common.sh
-CHAT="--num-prompts 32 --max-tokens 128 --batch-size 1"
+source "$(dirname "$0")/figures_common.sh"
 REWRITE="--prompts benchmarks/prompts_rewrite.jsonl --max-tokens 128 --batch-size 1"
 evaluate s5_eval_chat_hybrid_bfloat16 --speculator default+ngram $CHAT --dtype bfloat16
 evaluate s5_eval_chat_mlp_bfloat16 --speculator default $CHAT --dtype bfloat16 --num-candidates 1

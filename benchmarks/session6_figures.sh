@@ -5,13 +5,7 @@
 # when OLD=path/to/a/checkout/of/6c2d73b is set, again with that checkout's code (names *_s5policy).
 # Usage: [OLD=/tmp/w/old] bash benchmarks/session6_figures.sh [THREADS] -> benchmarks/results/s6_*
 # Set ONLY=name1,name2 to run a subset. Run it on an otherwise idle machine.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-T=${1:-2}
-OUT=benchmarks/results
-mkdir -p "$OUT"
-source benchmarks/figures_common.sh
-CHAT="--num-prompts 32 --max-tokens 128 --batch-size 1"
+source "$(dirname "$0")/figures_common.sh"
 THROUGHPUT="throughput --concurrency 1,8,32 --configs off,auto --max-tokens 128 --num-requests 32 --repeats 2 --speculator default+ngram"
 OUT_ABS=$(pwd)/$OUT
 run_both() {  # name, then a command (evaluate or bench) and its arguments
