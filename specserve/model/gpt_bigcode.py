@@ -27,7 +27,7 @@ from specserve.attention.paged import paged_attention, write_kv
 from specserve.distributed.layers import embedding, linear
 from specserve.distributed.parallel_state import TensorParallel, shard_arch
 from specserve.model.arch_config import ModelArchConfig
-from specserve.model.fast_linear import project
+from specserve.model.output_head import check_no_missing_weights, head_logits
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # each [num_blocks, block_size, num_kv_heads, head_dim]
 
@@ -119,10 +119,7 @@ class GPTBigCodeForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [R, hidden] -> float32 logits [R, vocab]."""
-        logits = project(hidden, self.get_output_embeddings(), self.packed_head)
-        if self.tp is not None:
-            logits = self.tp.all_gather_last_dim(logits)  # [R, vocab / N] on each rank -> [R, vocab]
-        return logits.float()
+        return head_logits(hidden, self.get_output_embeddings(), self.packed_head, self.tp)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.transformer.wte
@@ -151,9 +148,7 @@ class GPTBigCodeForCausalLM(nn.Module):
                                  f"expected {tuple(param.shape)}")
             param.data.copy_(tensor)
             filled.add(name)
-        missing = sorted(set(params) - filled)
-        if missing:
-            raise ValueError(f"missing weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        check_no_missing_weights(sorted(set(params) - filled))
 
     def _heads_to_qkv(self, tensor: torch.Tensor) -> torch.Tensor:
         """Multi-head c_attn rows [q_0 k_0 v_0 q_1 k_1 v_1 ...] -> [q_0 q_1 ... | k_0 ... | v_0 ...]."""

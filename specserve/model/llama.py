@@ -24,8 +24,8 @@ from specserve.distributed.parallel_state import TensorParallel, shard_arch
 from specserve.kernels import cpu_fused
 from specserve.model.arch_config import ModelArchConfig
 from specserve.model.cpu_decoder import CpuDecoder
-from specserve.model.fast_linear import project
 from specserve.model.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rope
+from specserve.model.output_head import check_no_missing_weights, head_logits
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # each [num_blocks, block_size, num_kv_heads, head_dim]
 
@@ -141,13 +141,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [R, hidden] -> float32 logits [R, vocab]."""
-        logits = project(hidden, self.get_output_embeddings(), self.packed_head)
-        if self.tp is not None:
-            logits = self.tp.all_gather_last_dim(logits)  # [R, vocab / N] on each rank -> [R, vocab]
-        logits = logits.float()
-        if self.arch.logits_scaling != 1.0:
-            logits = logits / self.arch.logits_scaling
-        return logits
+        return head_logits(hidden, self.get_output_embeddings(), self.packed_head, self.tp, self.arch.logits_scaling)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -177,9 +171,7 @@ class LlamaForCausalLM(nn.Module):
                                  f"expected {tuple(rows.shape)}")
             rows.copy_(tensor)
             filled.add((name, start))
-        missing = sorted(f"{n}[{s}:]" if s else n for n, s in expected - filled)
-        if missing:
-            raise ValueError(f"missing weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        check_no_missing_weights(sorted(f"{n}[{s}:]" if s else n for n, s in expected - filled))
 
     def _shards(self, name: str, param: torch.Tensor) -> list[tuple[int, int]]:
         """(first row, num rows) of each checkpoint tensor packed into this parameter."""

@@ -47,9 +47,7 @@ def _response(state: ServerState, gen: Generation, body: ChatCompletionRequest,
             message = {"role": "assistant", "content": completion.text}
             choices.append({"index": completion.index, "message": message, "logprobs": logprobs,
                             "finish_reason": completion.finish_reason})
-    return {"id": gen.request_id, "object": "chat.completion", "created": created, "model": body.model,
-            "choices": choices, "usage": gen.usage(), "system_fingerprint": None,
-            "specserve": gen.spec_info()}
+    return gen.response("chat.completion", created, body.model, choices)
 
 
 async def _chunks(state: ServerState, gen: Generation, body: ChatCompletionRequest,

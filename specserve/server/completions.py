@@ -39,9 +39,7 @@ def _response(state: ServerState, gen: Generation, body: CompletionRequest, crea
                 logprobs = _logprobs(state, completion.logprobs or [], 0)
             choices.append({"index": prompt_index * gen.params.n + completion.index, "text": completion.text,
                             "logprobs": logprobs, "finish_reason": completion.finish_reason})
-    return {"id": gen.request_id, "object": "text_completion", "created": created, "model": body.model,
-            "choices": choices, "usage": gen.usage(), "system_fingerprint": None,
-            "specserve": gen.spec_info()}
+    return gen.response("text_completion", created, body.model, choices)
 
 
 async def _chunks(state: ServerState, gen: Generation, body: CompletionRequest,

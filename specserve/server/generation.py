@@ -122,6 +122,12 @@ class Generation:
         return deltas
 
     # ---- summaries ---------------------------------------------------------------------------
+    def response(self, kind: str, created: int, model: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        """The whole (non-streamed) reply of kind ``chat.completion`` or ``text_completion``."""
+        return {"id": self.request_id, "object": kind, "created": created, "model": model,
+                "choices": choices, "usage": self.usage(), "system_fingerprint": None,
+                "specserve": self.spec_info()}
+
     def usage(self) -> dict[str, Any]:
         prompt = sum(len(out.prompt_token_ids) for out in self.final.values())
         completion = sum(len(c.token_ids) for out in self.final.values() for c in out.outputs)
