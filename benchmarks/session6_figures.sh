@@ -23,3 +23,6 @@ run_both s6_eval_chat_hybrid_float32 evaluate --speculator default+ngram $CHAT -
 LONG="throughput --concurrency 8,32 --max-tokens 128 --num-requests 64 --repeats 3 --speculator default+ngram --dtype float32"
 run_both s6_throughput_long_off_first bench $LONG --configs off,auto
 run_both s6_throughput_long_auto_first bench $LONG --configs auto,off
+# One request at a time, decode speed (4 chat prompts and the typo prompt, EOS ignored).
+run_both s6_latency_float32 bench latency --dtype float32 --configs off,ngram,mlp,auto --num-prompts 4 --max-tokens 128 --speculator default+ngram
+run_both s6_latency_bfloat16 bench latency --dtype bfloat16 --configs off,ngram,mlp,auto --num-prompts 4 --max-tokens 128 --speculator default+ngram
