@@ -112,24 +112,23 @@ class SpecDecoder:
     def propose(self, requests: list[ProposalRequest], hidden: torch.Tensor | None) -> list[DraftTree]:
         """Drafts for requests whose level (set by ``choose`` this step) speculates; ``hidden`` holds
         their rows in the same order."""
-        active = []
-        for req in requests:
+        index: list[int] = []  # the requests that speculate, by position
+        for i, req in enumerate(requests):
             level = self.levels[req.request_id]
             req.max_depth = min(req.max_depth, level.depth)
             req.num_candidates = level.candidates
             if req.max_depth > 0:
-                active.append(req)
-        trees = {r.request_id: DraftTree() for r in requests}
-        if active:
-            index = [i for i, r in enumerate(requests) if r.max_depth > 0]
-            sub_hidden = hidden_rows(hidden, index, len(requests))
+                index.append(i)
+        trees = [DraftTree() for _ in requests]
+        if index:
+            active = [requests[i] for i in index]
             started = time.perf_counter()
-            proposed = self.proposer.propose(active, sub_hidden)
+            proposed = self.proposer.propose(active, hidden_rows(hidden, index, len(requests)))
             self.last_proposal_seconds = time.perf_counter() - started
             self.policy.observe_proposal(self.levels[active[0].request_id], len(active), self.last_proposal_seconds)
-            for req, tree in zip(active, proposed):
-                trees[req.request_id] = tree
-        return [trees[r.request_id] for r in requests]
+            for i, tree in zip(index, proposed):
+                trees[i] = tree
+        return trees
 
     def stats_dict(self) -> dict[str, Any]:
         """The engine-wide counters, and the proposer's own where it keeps some (prompt lookup: how

@@ -102,6 +102,7 @@ class StepCostModel:
 
     SPEED_DECAY = 0.5
     SWITCH_DECAY = 0.6
+    PREFILL_DECAY = 0.6  # per prefill step, for the per-token rate that extrapolates past the buckets
 
     def __init__(self) -> None:
         self.shape: dict[int, float] = {}  # bucket lower edge -> seconds at speed 1, decode steps only
@@ -129,7 +130,7 @@ class StepCostModel:
         if not decode_only:
             if num_tokens >= 16:
                 per_token = seconds / num_tokens / self.speed
-                self.prefill_token_shape = ema(self.prefill_token_shape, per_token, self.SWITCH_DECAY)
+                self.prefill_token_shape = ema(self.prefill_token_shape, per_token, self.PREFILL_DECAY)
             return
         key = self.bucket(num_tokens)
         self.num_steps += 1
