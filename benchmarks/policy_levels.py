@@ -39,7 +39,7 @@ def main() -> None:
     print(f"{args.dtype}, {args.requests} requests one at a time: {tokens / seconds:.1f} tok/s")
     print("levels chosen:", dict(chosen.most_common()))
     print("step ms by batched tokens (bucket):", {k: round(1e3 * v, 2) for k, v in sorted(policy.cost.buckets.items())})
-    print("expected tokens/step:", {lv.label: round(v, 2) for lv, v in policy.global_stats.emitted.items()})
+    print("expected tokens/step:", {lv.label: round(policy.expected(lv, None)[0], 2) for lv in policy.levels})
     print("proposal ms:", {lv.label: round(1e3 * v, 2) for lv, v in policy.proposal_seconds.items()})
 
 

@@ -14,11 +14,13 @@ The choice maximises expected goodput, emitted tokens per second of step time:
   look far cheaper than they are.
 - Proposing drafts costs time too (the speculator's forward, per request): measured apart from the
   base step (an EMA of seconds per proposing request at each level) and added to ``T`` for that level.
-- ``E[emitted]`` for a level (depth d, c candidates) is measured: an EMA of tokens emitted per step
-  (bonus included) at that level, globally and per request, each weighed by the steps it rests on
-  against a prior, 1 + d * (accepted drafts per unit of depth measured at any level, from 1), so a
-  level is tried while speculation looks promising, skipped once it plainly does not pay, and not
-  written off after one unlucky step.
+- ``E[emitted]`` for a level is measured (``spec/acceptance.py``). For a chain of depth d it is
+  1 + sum_k prod_{j<=k} p_j, from per-position acceptance rates p_k that every chain step updates
+  whichever depth ran, so levels are never compared on figures taken at different times (on easier
+  or harder text). Trees use an EMA of tokens emitted per step at their level. Every estimate is
+  weighed by the steps it rests on against a prior (each request's against every request's, every
+  request's against "every draft accepted" at first), so a level is tried while speculation looks
+  promising, skipped once it plainly does not pay, and not written off after one unlucky step.
 - A little exploration (one step in ``explore_every``) keeps estimates fresh, but only towards a
   neighbouring level predicted within EXPLORE_WITHIN of the best (on a saturated machine exploring a
   level already known to lose would cost throughput for nothing), or one whose size has not been timed
@@ -33,7 +35,9 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from specserve.spec.acceptance import AcceptanceStats, ChainAcceptance, ema, expected_emitted
 
 
 @dataclass(frozen=True)
@@ -72,11 +76,6 @@ RETIME_AFTER = 128
 # at half its step time (the machine runs 1.3-3x slower in its spells) it would win. On a saturated
 # batch the deep levels, predicted far behind, are then not re-timed at all (each such step is a loss).
 RETIME_WITHIN = 0.5
-
-
-def ema(old: float | None, value: float, decay: float) -> float:
-    """Exponential moving average; the first observation is taken as is."""
-    return value if old is None else decay * old + (1 - decay) * value
 
 
 class StepCostModel:
@@ -175,21 +174,6 @@ class StepCostModel:
         return self.shape[lo] + frac * (self.shape[hi] - self.shape[lo])
 
 
-@dataclass
-class AcceptanceStats:
-    """EMA of emitted tokens per step at each level, and the draft size that level produced."""
-
-    emitted: dict[Level, float] = field(default_factory=dict)
-    nodes: dict[Level, float] = field(default_factory=dict)
-    count: dict[Level, int] = field(default_factory=dict)
-    decay: float = 0.95
-
-    def observe(self, level: Level, emitted: int, num_nodes: int) -> None:
-        for table, value in ((self.emitted, float(emitted)), (self.nodes, float(num_nodes))):
-            table[level] = ema(table.get(level), value, self.decay)
-        self.count[level] = self.count.get(level, 0) + 1
-
-
 class SpeculationPolicy:
     def __init__(self, mode: str, max_depth: int, max_candidates: int, explore_every: int = 16) -> None:
         if mode not in ("auto", "on", "off"):
@@ -204,6 +188,8 @@ class SpeculationPolicy:
         self.proposal_seconds: dict[Level, float] = {}  # EMA of proposal seconds per proposing request
         self.global_stats = AcceptanceStats()
         self.request_stats: dict[str, AcceptanceStats] = {}
+        self.global_chain = ChainAcceptance(decay=0.95)  # every request's chain steps, per position
+        self.request_chain: dict[str, ChainAcceptance] = {}
         # Per request: EMA of accepted drafts per draft token, whatever the level. Requests below
         # MIN_RATE sit out (no drafts) until their estimate is reset for a retry.
         self.request_rate: dict[str, float] = {}
@@ -229,6 +215,9 @@ class SpeculationPolicy:
         if level.depth:
             self.drafts_per_depth = ema(self.drafts_per_depth, (emitted - 1) / level.depth, 0.8)
         self.request_stats.setdefault(request_id, AcceptanceStats(decay=0.8)).observe(level, emitted, num_nodes)
+        if level.candidates == 1 and num_nodes:  # a chain of num_nodes drafts
+            self.global_chain.observe(num_nodes, emitted - 1)
+            self.request_chain.setdefault(request_id, ChainAcceptance(decay=0.8)).observe(num_nodes, emitted - 1)
         if num_nodes:
             rate = (emitted - 1) / num_nodes
             self.global_rate = ema(self.global_rate, rate, 0.95)
@@ -237,26 +226,51 @@ class SpeculationPolicy:
 
     def release(self, request_id: str) -> None:
         self.request_stats.pop(request_id, None)
+        self.request_chain.pop(request_id, None)
         self.request_rate.pop(request_id, None)
 
     # ---- decisions ---------------------------------------------------------------------------
     def expected(self, level: Level, request_id: str | None) -> tuple[float, float]:
         """(expected emitted tokens, expected draft nodes) at a level for one request."""
+        chain = self.chain_emitted(request_id) if level.candidates == 1 else None
+        return self._expected(level, request_id, chain)
+
+    def chain_emitted(self, request_id: str | None) -> list[float]:
+        """Expected tokens per step of a chain of each depth 0 .. max_depth for one request (every
+        request's figures when it has none of its own yet)."""
+        # Before many chain steps, the first position leans on "every draft accepted": a prior that
+        # followed the first few steps instead (accepted drafts per unit of depth, as trees use) left the
+        # policy at no speculation after an unlucky start (simulated varying text: 0.96x of the best
+        # fixed depth against 0.98x).
+        rates = self.global_chain.blended(self.max_depth, LEVEL_PRIOR_STEPS, 1.0)
+        own = self.request_chain.get(request_id) if request_id else None
+        if own is not None:
+            # A request's own figures count in proportion to how many steps they rest on: a few
+            # unlucky steps must not stop a request whose drafts pay on average.
+            rates = own.blended(self.max_depth, REQUEST_PRIOR_STEPS, prior=rates)
+        return expected_emitted(rates)
+
+    def _expected(self, level: Level, request_id: str | None,
+                  chain: list[float] | None) -> tuple[float, float]:
+        """``chain``: the request's ``chain_emitted`` (used for single-chain levels)."""
         if level.depth == 0:
             return 1.0, 0.0
         emitted, nodes = self._expected_any_request(level)
         stats = self.request_stats.get(request_id) if request_id else None
         if stats is not None and level in stats.emitted:
-            # A request's own figures count in proportion to how many steps they rest on: a few
-            # unlucky steps must not stop a request whose drafts pay on average.
             weight = stats.count[level] / (stats.count[level] + REQUEST_PRIOR_STEPS)
-            return (weight * stats.emitted[level] + (1 - weight) * emitted,
-                    weight * stats.nodes[level] + (1 - weight) * nodes)
+            emitted = weight * stats.emitted[level] + (1 - weight) * emitted
+            nodes = weight * stats.nodes[level] + (1 - weight) * nodes
+        if chain is not None:
+            # A proposer may draft fewer tokens than asked (prompt lookup, where the text does not
+            # repeat): the chain's gain shrinks with the share of the drafts it actually makes.
+            fill = min(1.0, nodes / level.depth)
+            emitted = 1.0 + fill * (chain[level.depth] - 1.0)
         return emitted, nodes
 
     def _expected_any_request(self, level: Level) -> tuple[float, float]:
-        # Prior: the acceptance seen so far at any level (or every draft accepted, before any), spread
-        # along one path.
+        """Every request's averages at a level (emitted: what trees use), against a prior: the
+        acceptance seen so far at any level (or every draft accepted, before any), spread along one path."""
         prior_emitted = 1.0 + level.depth * self.drafts_per_depth
         prior_nodes = float(level.depth * level.candidates)
         glob = self.global_stats
@@ -280,8 +294,10 @@ class SpeculationPolicy:
         best_level, best_rate, plain_rate = self.levels[0], -1.0, 0.0
         rates: dict[Level, float] = {}
         sizes: dict[Level, int] = {}  # batched tokens of the step at each level
+        chains: dict[str | None, list[float]] = {None: self.chain_emitted(None)}
+        chains.update((rid, self.chain_emitted(rid)) for rid in active if rid in self.request_chain)
         for level in self.levels:
-            goodput = self._goodput(level, active, num_other_tokens + num_idle, num_idle)
+            goodput = self._goodput(level, active, num_other_tokens + num_idle, num_idle, chains)
             if goodput is None:  # no decode step timed yet: measure the plain step first, then explore
                 best_level, rates = self.levels[0], {}
                 break
@@ -312,21 +328,22 @@ class SpeculationPolicy:
         active_set = set(active)
         return [best_level if rid in active_set else self.levels[0] for rid in request_ids]
 
-    def _goodput(self, level: Level, request_ids: list[str], num_other_tokens: int,
-                 num_idle: int = 0) -> tuple[float, int] | None:
-        """(expected emitted tokens per second, batched tokens) of a step at ``level``."""
+    def _goodput(self, level: Level, request_ids: list[str], num_other_tokens: int, num_idle: int,
+                 chains: dict[str | None, list[float]]) -> tuple[float, int] | None:
+        """(expected emitted tokens per second, batched tokens) of a step at ``level``. ``chains``: each
+        request's ``chain_emitted``, and every request's under None."""
         emitted_total, tokens = float(num_idle), num_other_tokens
-        # Requests without figures of their own at this level all expect the same (global or prior):
+        # Requests without figures of their own all expect the same (every request's, or the prior):
         # one lookup for them, so that a 32-request step does not pay ~300 lookups per step.
-        own = [rid for rid in request_ids
-               if (stats := self.request_stats.get(rid)) is not None and level in stats.emitted]
+        own = [rid for rid in request_ids if rid in chains
+               or ((stats := self.request_stats.get(rid)) is not None and level in stats.emitted)]
         shared = len(request_ids) - len(own)
         if shared:
-            emitted, nodes = self.expected(level, None)
+            emitted, nodes = self._expected(level, None, chains[None])
             emitted_total += shared * emitted
             tokens += shared * (1 + int(round(nodes)))
         for rid in own:
-            emitted, nodes = self.expected(level, rid)
+            emitted, nodes = self._expected(level, rid, chains.get(rid, chains[None]))
             emitted_total += emitted
             tokens += 1 + int(round(nodes))
         seconds = self.cost.predict(tokens)

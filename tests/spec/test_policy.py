@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from specserve.spec.policy import Level, SpeculationPolicy, StepCostModel
@@ -9,7 +11,10 @@ from specserve.spec.policy import Level, SpeculationPolicy, StepCostModel
 
 def train(policy: SpeculationPolicy, cost, accept_per_depth: float, batch: int, steps: int = 200) -> None:
     """Feed the policy synthetic step times and acceptance at whatever levels it chooses, after the
-    prompts' prefill step (as in the engine, which is where the policy learns the per-token cost)."""
+    prompts' prefill step (as in the engine, which is where the policy learns the per-token cost).
+    Each draft is accepted with probability ``accept_per_depth`` once those before it were (a chain:
+    a deeper level accepts whatever a shallower one would have, and maybe more)."""
+    rng = random.Random(0)
     ids = [f"r{i}" for i in range(batch)]
     policy.observe_step(100 * batch, cost(100 * batch), decode_only=False)
     for _ in range(steps):
@@ -19,8 +24,10 @@ def train(policy: SpeculationPolicy, cost, accept_per_depth: float, batch: int, 
             nodes = level.depth * level.candidates
             tokens += 1 + nodes
             if level.depth:
-                emitted = 1 + sum(accept_per_depth ** d for d in range(1, level.depth + 1))
-                policy.observe_request(rid, level, round(emitted), nodes)
+                accepted = 0
+                while accepted < level.depth and rng.random() < accept_per_depth:
+                    accepted += 1
+                policy.observe_request(rid, level, 1 + accepted, nodes)
         policy.observe_step(tokens, cost(tokens))
 
 
@@ -57,7 +64,6 @@ def test_unlucky_steps_do_not_bench_a_request_whose_drafts_pay() -> None:
     # The shipped speculator on held-out chat, as a chain: no draft accepted in about half the steps,
     # all three in a sixth (bfloat16 eval histogram 1073 / 466 / 169 / 330). One request at a time,
     # each for 64 steps: the policy must keep speculating nearly always, first step included.
-    import random
 
     rng = random.Random(0)
     policy = SpeculationPolicy("auto", max_depth=3, max_candidates=1)
@@ -141,7 +147,21 @@ def test_untried_levels_inherit_the_measured_acceptance() -> None:
     assert policy.expected(Level(3, 1), None)[0] == 4.0  # nothing measured: every draft accepted
     for _ in range(20):
         policy.observe_request("r0", Level(1, 1), 1, 1)  # the one-token drafts are never accepted
-    assert policy.expected(Level(3, 1), "r1")[0] == pytest.approx(1.0, abs=0.2)
+    # A chain of three drafts is expected to accept what the first position shows, and no more.
+    first = policy.expected(Level(1, 1), "r1")[0] - 1.0
+    assert first < 0.3
+    assert policy.expected(Level(3, 1), "r1")[0] == pytest.approx(1.0 + first + first**2 + first**3)
+
+
+def test_chain_steps_inform_every_depth() -> None:
+    """A depth-5 step with two drafts accepted tells what depths 1-3 would have emitted (all of them,
+    at once): the figures of levels not run lately must not go stale while another level runs."""
+    policy = SpeculationPolicy("auto", max_depth=5, max_candidates=1)
+    for _ in range(200):
+        policy.observe_request("r0", Level(5, 1), 3, 5)  # first two drafts accepted, the third never
+    assert policy.expected(Level(2, 1), None)[0] == pytest.approx(3.0, abs=0.05)
+    assert policy.expected(Level(5, 1), None)[0] == pytest.approx(3.0, abs=0.05)
+    assert policy.expected(Level(1, 1), None)[0] == pytest.approx(2.0, abs=0.05)
 
 
 @pytest.mark.parametrize("spell_start", [0, 1, 3, 40])
