@@ -262,10 +262,13 @@ class SpeculationPolicy:
             emitted = weight * stats.emitted[level] + (1 - weight) * emitted
             nodes = weight * stats.nodes[level] + (1 - weight) * nodes
         if chain is not None:
-            # A proposer may draft fewer tokens than asked (prompt lookup, where the text does not
-            # repeat): the chain's gain shrinks with the share of the drafts it actually makes.
-            fill = min(1.0, nodes / level.depth)
-            emitted = 1.0 + fill * (chain[level.depth] - 1.0)
+            # A proposer may draft fewer tokens than asked (the MLP speculator's stages end before prompt
+            # lookup's, which drafts nothing where the text does not repeat): the chain is read at the
+            # length it actually drafts on average, between the two depths around it.
+            length = min(nodes, float(level.depth))
+            lower = int(length)
+            upper = min(lower + 1, level.depth)
+            emitted = chain[lower] + (length - lower) * (chain[upper] - chain[lower])
         return emitted, nodes
 
     def _expected_any_request(self, level: Level) -> tuple[float, float]:

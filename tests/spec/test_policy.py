@@ -182,3 +182,19 @@ def test_a_slow_spell_does_not_price_speculation_out(spell_start: int) -> None:
         policy.observe_step(tokens, overhead_bound(tokens) * (6 if slow else 1))
         speculated.append(level.depth > 0)
     assert sum(speculated[-200:]) >= 190
+
+
+def test_a_chain_that_drafts_fewer_tokens_than_asked_is_priced_at_its_length() -> None:
+    """Asked for 8 drafts, a 5-stage speculator makes 5 (prompt lookup, which makes 8, only where the
+    text repeats): the level is worth what 5 drafts are worth, and costs 5 draft rows."""
+    policy = SpeculationPolicy("auto", max_depth=8, max_candidates=1)
+    rng = random.Random(0)
+    for _ in range(400):
+        accepted = 0
+        while accepted < 5 and rng.random() < 0.6:
+            accepted += 1
+        policy.observe_request("r0", Level(8, 1), 1 + accepted, 5)
+    emitted, nodes = policy.expected(Level(8, 1), None)
+    assert nodes == pytest.approx(5.0, abs=0.1)
+    assert emitted == pytest.approx(policy.expected(Level(5, 1), None)[0], abs=0.01)
+    assert emitted == pytest.approx(1 + sum(0.6**k for k in range(1, 6)), abs=0.25)
