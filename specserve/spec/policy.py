@@ -232,17 +232,21 @@ class SpeculationPolicy:
     # ---- decisions ---------------------------------------------------------------------------
     def expected(self, level: Level, request_id: str | None) -> tuple[float, float]:
         """(expected emitted tokens, expected draft nodes) at a level for one request."""
-        chain = self.chain_emitted(request_id) if level.candidates == 1 else None
-        return self._expected(level, request_id, chain)
+        chain = self.chain_emitted(request_id, self.global_chain_rates()) if level.candidates == 1 else None
+        return self._expected(level, request_id, chain, self._expected_any_request(level))
 
-    def chain_emitted(self, request_id: str | None) -> list[float]:
-        """Expected tokens per step of a chain of each depth 0 .. max_depth for one request (every
-        request's figures when it has none of its own yet)."""
+    def global_chain_rates(self) -> list[float]:
+        """Every request's acceptance rate at chain positions 1 .. max_depth."""
         # Before many chain steps, the first position leans on "every draft accepted": a prior that
         # followed the first few steps instead (accepted drafts per unit of depth, as trees use) left the
         # policy at no speculation after an unlucky start (simulated varying text: 0.96x of the best
         # fixed depth against 0.98x).
-        rates = self.global_chain.blended(self.max_depth, LEVEL_PRIOR_STEPS, 1.0)
+        return self.global_chain.blended(self.max_depth, LEVEL_PRIOR_STEPS, 1.0)
+
+    def chain_emitted(self, request_id: str | None, global_rates: list[float]) -> list[float]:
+        """Expected tokens per step of a chain of each depth 0 .. max_depth for one request (every
+        request's figures, ``global_rates``, when it has none of its own yet)."""
+        rates = global_rates
         own = self.request_chain.get(request_id) if request_id else None
         if own is not None:
             # A request's own figures count in proportion to how many steps they rest on: a few
@@ -250,12 +254,13 @@ class SpeculationPolicy:
             rates = own.blended(self.max_depth, REQUEST_PRIOR_STEPS, prior=rates)
         return expected_emitted(rates)
 
-    def _expected(self, level: Level, request_id: str | None,
-                  chain: list[float] | None) -> tuple[float, float]:
-        """``chain``: the request's ``chain_emitted`` (used for single-chain levels)."""
+    def _expected(self, level: Level, request_id: str | None, chain: list[float] | None,
+                  any_request: tuple[float, float]) -> tuple[float, float]:
+        """``chain``: the request's ``chain_emitted`` (used for single-chain levels); ``any_request``:
+        ``_expected_any_request(level)``, computed once per step for all requests."""
         if level.depth == 0:
             return 1.0, 0.0
-        emitted, nodes = self._expected_any_request(level)
+        emitted, nodes = any_request
         stats = self.request_stats.get(request_id) if request_id else None
         if stats is not None and level in stats.emitted:
             weight = stats.count[level] / (stats.count[level] + REQUEST_PRIOR_STEPS)
@@ -297,8 +302,9 @@ class SpeculationPolicy:
         best_level, best_rate, plain_rate = self.levels[0], -1.0, 0.0
         rates: dict[Level, float] = {}
         sizes: dict[Level, int] = {}  # batched tokens of the step at each level
-        chains: dict[str | None, list[float]] = {None: self.chain_emitted(None)}
-        chains.update((rid, self.chain_emitted(rid)) for rid in active if rid in self.request_chain)
+        global_rates = self.global_chain_rates()
+        chains: dict[str | None, list[float]] = {None: expected_emitted(global_rates)}
+        chains.update((rid, self.chain_emitted(rid, global_rates)) for rid in active if rid in self.request_chain)
         for level in self.levels:
             goodput = self._goodput(level, active, num_other_tokens + num_idle, num_idle, chains)
             if goodput is None:  # no decode step timed yet: measure the plain step first, then explore
@@ -341,12 +347,15 @@ class SpeculationPolicy:
         own = [rid for rid in request_ids if rid in chains
                or ((stats := self.request_stats.get(rid)) is not None and level in stats.emitted)]
         shared = len(request_ids) - len(own)
+        any_request = self._expected_any_request(level) if level.depth else (1.0, 0.0)
+        is_chain = level.candidates == 1  # trees are priced by their own averages, not by chain positions
         if shared:
-            emitted, nodes = self._expected(level, None, chains[None])
+            emitted, nodes = self._expected(level, None, chains[None] if is_chain else None, any_request)
             emitted_total += shared * emitted
             tokens += shared * (1 + int(round(nodes)))
         for rid in own:
-            emitted, nodes = self._expected(level, rid, chains.get(rid, chains[None]))
+            emitted, nodes = self._expected(level, rid, chains.get(rid, chains[None]) if is_chain else None,
+                                            any_request)
             emitted_total += emitted
             tokens += 1 + int(round(nodes))
         seconds = self.cost.predict(tokens)

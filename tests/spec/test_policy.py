@@ -198,3 +198,18 @@ def test_a_chain_that_drafts_fewer_tokens_than_asked_is_priced_at_its_length() -
     assert nodes == pytest.approx(5.0, abs=0.1)
     assert emitted == pytest.approx(policy.expected(Level(5, 1), None)[0], abs=0.01)
     assert emitted == pytest.approx(1 + sum(0.6**k for k in range(1, 6)), abs=0.25)
+
+
+def test_trees_are_priced_by_their_own_measurements() -> None:
+    """A tree's gain is what its steps showed, not what a chain of its depth would give."""
+    policy = SpeculationPolicy("auto", max_depth=3, max_candidates=2)
+    tree = Level(3, 2)
+    for _ in range(200):
+        policy.observe_request("r0", Level(3, 1), 1, 3)  # chains accept nothing
+        policy.observe_request("r0", tree, 3, 6)  # the two-candidate tree accepts two drafts a step
+    ids = ["r0", "r1"]
+    policy.observe_step(2, 0.02)
+    policy.observe_step(8, 0.021)
+    policy.observe_step(14, 0.022)
+    assert policy.expected(tree, "r0")[0] == pytest.approx(3.0, abs=0.05)
+    assert policy.choose(ids) == [tree, tree]
