@@ -26,3 +26,14 @@ bench() {  # name, then bench arguments
   echo "== $name: specserve bench $* (load: $(load))"
   "$PY" -m specserve.cli bench "$@" --threads "$T" --json "$OUT/$name.json" | tee "$OUT/$name.txt"
 }
+# run_both NAME FN ARGS...: FN (evaluate or bench) with this checkout's code, then, when OLD is set to
+# another checkout, the same command with that checkout's code (imported from its folder), under the
+# name NAME$OLD_SUFFIX.
+OUT_ABS=$(pwd)/$OUT
+run_both() {
+  local name=$1 fn=$2; shift 2
+  "$fn" "$name" "$@"
+  if [ -n "${OLD:-}" ]; then
+    (cd "$OLD" && OUT="$OUT_ABS" PYTHONPATH="$OLD" "$fn" "${name}${OLD_SUFFIX}" "$@")
+  fi
+}

@@ -7,14 +7,7 @@
 # Set ONLY=name1,name2 to run a subset. Run it on an otherwise idle machine.
 source "$(dirname "$0")/figures_common.sh"
 THROUGHPUT="throughput --concurrency 1,8,32 --configs off,auto --max-tokens 128 --num-requests 32 --repeats 2 --speculator default+ngram"
-OUT_ABS=$(pwd)/$OUT
-run_both() {  # name, then a command (evaluate or bench) and its arguments
-  local name=$1 fn=$2; shift 2
-  "$fn" "$name" "$@"
-  if [ -n "${OLD:-}" ]; then  # the same command on the old checkout's code (imported from its folder)
-    (cd "$OLD" && OUT="$OUT_ABS" PYTHONPATH="$OLD" "$fn" "${name}_s6policy" "$@")
-  fi
-}
+OLD_SUFFIX=_s6policy
 run_both s7_eval_chat_mlp_float32 evaluate --speculator default $CHAT --dtype float32 --num-candidates 1
 run_both s7_throughput_float32 bench $THROUGHPUT --dtype float32
 run_both s7_throughput_bfloat16 bench $THROUGHPUT --dtype bfloat16
