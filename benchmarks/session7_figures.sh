@@ -11,3 +11,8 @@ OLD_SUFFIX=_s6policy
 run_both s7_eval_chat_mlp_float32 evaluate --speculator default $CHAT --dtype float32 --num-candidates 1
 run_both s7_throughput_float32 bench $THROUGHPUT --dtype float32
 run_both s7_throughput_bfloat16 bench $THROUGHPUT --dtype bfloat16
+# One request at a time, decode speed: 8 chat prompts twice (4 once in session 6: ~4 s per config was too short
+# to compare policies) and the typo prompt, EOS ignored.
+LATENCY="latency --configs off,ngram,mlp,auto --num-prompts 8 --repeats 2 --max-tokens 128 --speculator default+ngram"
+run_both s7_latency_float32 bench $LATENCY --dtype float32
+run_both s7_latency_bfloat16 bench $LATENCY --dtype bfloat16
