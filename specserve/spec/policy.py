@@ -264,8 +264,9 @@ class SpeculationPolicy:
         stats = self.request_stats.get(request_id) if request_id else None
         if stats is not None and level in stats.emitted:
             weight = stats.count[level] / (stats.count[level] + REQUEST_PRIOR_STEPS)
-            emitted = weight * stats.emitted[level] + (1 - weight) * emitted
             nodes = weight * stats.nodes[level] + (1 - weight) * nodes
+            if chain is None:  # a chain's emitted tokens come from its positions, below
+                emitted = weight * stats.emitted[level] + (1 - weight) * emitted
         if chain is not None:
             # A proposer may draft fewer tokens than asked (the MLP speculator's stages end before prompt
             # lookup's, which drafts nothing where the text does not repeat): the chain is read at the
@@ -344,11 +345,11 @@ class SpeculationPolicy:
         emitted_total, tokens = float(num_idle), num_other_tokens
         # Requests without figures of their own all expect the same (every request's, or the prior):
         # one lookup for them, so that a 32-request step does not pay ~300 lookups per step.
-        own = [rid for rid in request_ids if rid in chains
+        is_chain = level.candidates == 1  # trees are priced by their own averages, not by chain positions
+        own = [rid for rid in request_ids if (is_chain and rid in chains)
                or ((stats := self.request_stats.get(rid)) is not None and level in stats.emitted)]
         shared = len(request_ids) - len(own)
         any_request = self._expected_any_request(level) if level.depth else (1.0, 0.0)
-        is_chain = level.candidates == 1  # trees are priced by their own averages, not by chain positions
         if shared:
             emitted, nodes = self._expected(level, None, chains[None] if is_chain else None, any_request)
             emitted_total += shared * emitted
