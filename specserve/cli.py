@@ -25,6 +25,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-model-len", type=int, default=None)
     group.add_argument("--no-prefix-caching", action="store_true")
     group.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    group.add_argument("--cuda-graphs", action="store_true",
+                       help="replay plain decode steps as CUDA graphs (--device cuda, needs Triton)")
     group.add_argument("--tensor-parallel-size", type=int, default=1,
                        help="shard the model over N processes (GPUs: NCCL, CPU: gloo); under torchrun, "
                             "its number of processes (default 1)")
@@ -46,6 +48,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         enable_prefix_caching=not args.no_prefix_caching, speculator=args.speculator,
         speculation=args.speculation, num_speculative_tokens=args.num_speculative_tokens,
         num_candidates=args.num_candidates, tensor_parallel_size=args.tensor_parallel_size,
+        cuda_graphs=args.cuda_graphs,
     )
 
 

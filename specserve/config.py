@@ -82,6 +82,7 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     spec: SpecConfig = field(default_factory=SpecConfig)
     tensor_parallel_size: int = 1  # ranks sharing each layer (specserve/distributed/); KV budget is per rank
+    cuda_graphs: bool = False  # replay plain decode steps as CUDA graphs (worker/cuda_graphs.py); CUDA only
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -89,3 +90,7 @@ class EngineConfig:
         if isinstance(self.tensor_parallel_size, bool) or not isinstance(self.tensor_parallel_size, int) \
                 or self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be an integer >= 1, got {self.tensor_parallel_size!r}")
+        if self.cuda_graphs and not self.device.startswith("cuda"):
+            raise ValueError(f"cuda_graphs needs device 'cuda', got {self.device!r}")
+        if self.cuda_graphs and self.tensor_parallel_size > 1:
+            raise ValueError("cuda_graphs is not supported with tensor parallelism")

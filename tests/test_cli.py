@@ -18,6 +18,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     (["generate", "hi", "--max-tokens", "0"], "max_tokens"),
     (["generate", "hi", "--temperature", "-1"], "temperature"),
     (["generate", "hi", "--kv-cache-memory", "lots"], "memory"),
+    (["generate", "hi", "--cuda-graphs"], "cuda_graphs needs device 'cuda'"),
 ])
 def test_user_errors_are_one_line(args: list[str], expected: str) -> None:
     result = run_cli(*args)

@@ -31,6 +31,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cuda-graphs", action="store_true", help="replay plain decode steps as CUDA graphs")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--configs", default="off,ngram,mlp,auto", help=f"from {', '.join(SETUP_NAMES)}")
     parser.add_argument("--speculator", default="default", help="the learned speculator of mlp/auto")
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     bandwidth = measure_bandwidth(args.bandwidth_mib << 20, device=args.device)
     roofline = roofline_fields(bundle.model, bandwidth)
     result = BenchResult("latency", {
-        "model": bundle.model_dir.name, "dtype": args.dtype, "device": args.device, "max_tokens": args.max_tokens,
+        "model": bundle.model_dir.name, "dtype": args.dtype, "device": args.device,
+        "cuda_graphs": args.cuda_graphs, "max_tokens": args.max_tokens,
         "configs": [s._asdict() for s in setups], "speculator": args.speculator, "repeats": args.repeats,
         "prompt_tokens": {k: [len(p) for p in v] for k, v in prompt_sets.items()},
         "greedy": True, "ignore_eos": True}, machine, notes=notes)
@@ -85,7 +87,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     for setup in setups:
         engine = LLMEngine(build_engine_config(dtype=args.dtype, device=args.device,
                                                kv_cache_memory=args.kv_cache_memory,
-                                               max_num_seqs=1, **setup.engine_kwargs), bundle)
+                                               max_num_seqs=1, cuda_graphs=args.cuda_graphs,
+                                               **setup.engine_kwargs), bundle)
         run_single(engine, prompt_sets["chat"][0], 8)  # warm-up (and first cost samples for auto)
         for kind, prompts in prompt_sets.items():
             before = engine.stats()

@@ -24,6 +24,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cuda-graphs", action="store_true", help="replay plain decode steps as CUDA graphs")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated max running requests")
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     setups, notes = resolve_setups(args.configs, args.speculator, bundle.model_dir)
     prompts = [chat_prompt_ids(bundle.tokenizer, i, distinct=True) for i in range(args.num_requests)]
     result = BenchResult("throughput", {
-        "model": bundle.model_dir.name, "dtype": args.dtype, "device": args.device, "max_tokens": args.max_tokens,
+        "model": bundle.model_dir.name, "dtype": args.dtype, "device": args.device,
+        "cuda_graphs": args.cuda_graphs, "max_tokens": args.max_tokens,
         "num_requests": args.num_requests, "concurrency": concurrencies,
         "configs": [s._asdict() for s in setups], "speculator": args.speculator,
         "kv_cache_memory": args.kv_cache_memory, "max_num_batched_tokens": args.max_num_batched_tokens,
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> BenchResult:
         for setup in setups:
             engine = LLMEngine(build_engine_config(
                 dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
-                max_num_seqs=concurrency,
+                max_num_seqs=concurrency, cuda_graphs=args.cuda_graphs,
                 max_num_batched_tokens=args.max_num_batched_tokens, **setup.engine_kwargs), bundle)
             # Warm-up at this batch size (also gives the adaptive policy its first step costs).
             run_concurrent(engine, prompts[:concurrency], 8)

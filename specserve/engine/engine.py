@@ -145,7 +145,8 @@ class LLMEngine:
                 # The base step alone: the policy prices the next step's proposals per level separately.
                 seconds = time.perf_counter() - started - spec.last_proposal_seconds
                 decode_only = all(item.num_new_tokens == 1 for item in sched.scheduled)
-                spec.policy.observe_step(sched.num_batched_tokens, seconds, decode_only)
+                spec.policy.observe_step(sched.num_batched_tokens, seconds, decode_only,
+                                         graphed=self.runner.last_step_graphed)
                 spec.stats.record_step_time(seconds, spec.last_proposal_seconds)
         except Exception as exc:
             if getattr(exc, "fatal", False):  # the runner cannot go on (e.g. a tensor-parallel worker died)

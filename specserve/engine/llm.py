@@ -21,9 +21,11 @@ def build_engine_config(model: str | None = None, dtype: str = "float32", device
                         max_num_batched_tokens: int = 1024, max_num_seqs: int = 64,
                         max_model_len: int | None = None, seed: int = 0, speculator: str | None = None,
                         speculation: str = "auto", num_speculative_tokens: int | None = None,
-                        num_candidates: int | None = None, tensor_parallel_size: int = 1) -> EngineConfig:
+                        num_candidates: int | None = None, tensor_parallel_size: int = 1,
+                        cuda_graphs: bool = False) -> EngineConfig:
     return EngineConfig(
         model=model, dtype=dtype, device=device, seed=seed, tensor_parallel_size=tensor_parallel_size,
+        cuda_graphs=cuda_graphs,
         cache=CacheConfig(block_size=block_size, kv_cache_memory=parse_memory(kv_cache_memory),
                           num_blocks=num_kv_blocks, enable_prefix_caching=enable_prefix_caching),
         scheduler=SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens,

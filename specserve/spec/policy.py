@@ -27,6 +27,10 @@ The choice maximises expected goodput, emitted tokens per second of step time:
   for RETIME_AFTER steps, or a draft size timed only once, when at half its step time it would win: a
   timing taken in a slow spell must not price a level out for good because it is never taken again.
 
+With CUDA graphs (``graph_max_batch`` > 0), plain decode steps are replayed as graphs and cost a
+fraction of an eager step with the same tokens (at one request on an H200: 2.5 ms against ~12 ms),
+while verification steps run eagerly. The cost model times the two kinds apart.
+
 Because both terms are measurements, a saturated machine (T grows linearly in n) makes extra draft
 tokens unprofitable and the policy falls back to no speculation smoothly, with no batch-size threshold.
 """
@@ -97,6 +101,11 @@ class StepCostModel:
 
     The policy compares levels within one step, so what decides is the shape; the speed matters
     against the costs measured apart (the speculator's proposals).
+
+    With CUDA graphs, a plain decode step replayed as a graph costs a fraction of an eager step with
+    the same tokens. Each bucket is therefore kept per kind of step, (graphed, bucket), under one
+    speed: keyed by tokens alone, a 6-request replayed step and a one-request 5-draft eager step would
+    share one figure.
     """
 
     SPEED_DECAY = 0.5
@@ -104,12 +113,13 @@ class StepCostModel:
     PREFILL_DECAY = 0.6  # per prefill step, for the per-token rate that extrapolates past the buckets
 
     def __init__(self) -> None:
-        self.shape: dict[int, float] = {}  # bucket lower edge -> seconds at speed 1, decode steps only
+        # graphed -> bucket lower edge -> seconds at speed 1, decode steps only
+        self.shape: dict[bool, dict[int, float]] = {False: {}, True: {}}
         self.speed = 1.0
-        self.last_bucket: int | None = None  # the bucket of the latest decode step
-        self.timings: dict[int, int] = {}  # per bucket, the steps that set its shape (switches into it)
+        self.last_key: tuple[bool, int] | None = None  # the key of the latest decode step
+        self.timings: dict[tuple[bool, int], int] = {}  # per key, the steps that set its shape (switches into it)
         self.num_steps = 0  # decode steps observed
-        self.set_at: dict[int, int] = {}  # per bucket, num_steps when its shape was last set
+        self.set_at: dict[tuple[bool, int], int] = {}  # per key, num_steps when its shape was last set
         self.prefill_token_shape: float | None = None  # seconds per prefill token at speed 1 (>= 16 tokens)
 
     @staticmethod
@@ -122,56 +132,66 @@ class StepCostModel:
 
     @property
     def buckets(self) -> dict[int, float]:
-        """Predicted seconds per bucket at the current speed."""
-        return {key: self.speed * value for key, value in self.shape.items()}
+        """Predicted seconds per bucket of eager steps at the current speed."""
+        return {key: self.speed * value for key, value in self.shape[False].items()}
 
-    def observe(self, num_tokens: int, seconds: float, decode_only: bool = True) -> None:
+    @property
+    def graph_buckets(self) -> dict[int, float]:
+        """Predicted seconds per bucket of steps replayed as CUDA graphs at the current speed."""
+        return {key: self.speed * value for key, value in self.shape[True].items()}
+
+    def observe(self, num_tokens: int, seconds: float, decode_only: bool = True, graphed: bool = False) -> None:
         if not decode_only:
             if num_tokens >= 16:
                 per_token = seconds / num_tokens / self.speed
                 self.prefill_token_shape = ema(self.prefill_token_shape, per_token, self.PREFILL_DECAY)
             return
-        key = self.bucket(num_tokens)
+        key = (graphed, self.bucket(num_tokens))
         self.num_steps += 1
-        if key != self.last_bucket:
-            self.shape[key] = ema(self.shape.get(key), seconds / self.speed, self.SWITCH_DECAY)
+        shapes = self.shape[graphed]
+        if key != self.last_key:
+            shapes[key[1]] = ema(shapes.get(key[1]), seconds / self.speed, self.SWITCH_DECAY)
             self.timings[key] = self.timings.get(key, 0) + 1
             self.set_at[key] = self.num_steps
-        self.speed = ema(self.speed, seconds / self.shape[key], self.SPEED_DECAY)
-        self.last_bucket = key
+        self.speed = ema(self.speed, seconds / shapes[key[1]], self.SPEED_DECAY)
+        self.last_key = key
 
-    def num_timings(self, num_tokens: int) -> int:
+    def num_timings(self, num_tokens: int, graphed: bool = False) -> int:
         """How many times this size's bucket was timed right after another (what sets its shape)."""
-        return self.timings.get(self.bucket(num_tokens), 0)
+        return self.timings.get((graphed, self.bucket(num_tokens)), 0)
 
-    def age(self, num_tokens: int) -> int:
+    def age(self, num_tokens: int, graphed: bool = False) -> int:
         """Decode steps since this size's shape was last set (0 if it never was: it is interpolated)."""
-        key = self.bucket(num_tokens)
+        key = (graphed, self.bucket(num_tokens))
         return self.num_steps - self.set_at[key] if key in self.set_at else 0
 
-    def predict(self, num_tokens: int) -> float | None:
-        shape = self._predict_shape(num_tokens)
+    def predict(self, num_tokens: int, graphed: bool = False) -> float | None:
+        """``graphed``: a step replayed as a CUDA graph. Of a kind never timed, the other kind stands in:
+        eager steps are timed only once something drafts, and until then are priced as replayed ones
+        (optimistic, so that speculation is tried once and timed)."""
+        shapes = self.shape[graphed] or self.shape[not graphed]
+        shape = self._predict_shape(shapes, num_tokens)
         return None if shape is None else self.speed * shape
 
-    def _predict_shape(self, num_tokens: int) -> float | None:
-        if not self.shape:
+    def _predict_shape(self, shapes: dict[int, float], num_tokens: int) -> float | None:
+        if not shapes:
             return None
-        keys = sorted(self.shape)
+        keys = sorted(shapes)
         n = max(num_tokens, 1)
         pos = bisect.bisect_left(keys, n)
         if pos < len(keys) and keys[pos] == n:
-            return self.shape[n]
+            return shapes[n]
         if pos == 0:
-            return self.shape[keys[0]]  # fewer tokens than ever seen: at most as costly
+            return shapes[keys[0]]  # fewer tokens than ever seen: at most as costly
         if pos == len(keys):  # beyond what was seen
             last = keys[-1]
-            per_token = self.shape[last] / last
+            per_token = shapes[last] / last
             if self.prefill_token_shape is not None:
                 per_token = self.prefill_token_shape
-            return self.shape[last] + (n - last) * per_token
+            return shapes[last] + (n - last) * per_token
         lo, hi = keys[pos - 1], keys[pos]
         frac = (n - lo) / (hi - lo)
-        return self.shape[lo] + frac * (self.shape[hi] - self.shape[lo])
+        return shapes[lo] + frac * (shapes[hi] - shapes[lo])
 
 
 class SpeculationPolicy:
@@ -185,6 +205,7 @@ class SpeculationPolicy:
         self.levels = [Level(0, 1)] + [Level(d, 1) for d in range(1, max_depth + 1)]
         self.levels += [Level(max_depth, c) for c in range(2, max_candidates + 1)]
         self.cost = StepCostModel()
+        self.graph_max_batch = 0  # the most requests a graph replays; 0 = no graphs
         self.proposal_seconds: dict[Level, float] = {}  # EMA of proposal seconds per proposing request
         self.global_stats = AcceptanceStats()
         self.request_stats: dict[str, AcceptanceStats] = {}
@@ -203,9 +224,11 @@ class SpeculationPolicy:
         self.last_level: Level = self.levels[-1]
 
     # ---- observations ------------------------------------------------------------------------
-    def observe_step(self, num_tokens: int, seconds: float, decode_only: bool = True) -> None:
-        """``decode_only``: every request fed one real token (plus drafts), no prompt chunk."""
-        self.cost.observe(num_tokens, seconds, decode_only)
+    def observe_step(self, num_tokens: int, seconds: float, decode_only: bool = True,
+                     graphed: bool = False) -> None:
+        """``decode_only``: every request fed one real token (plus drafts), no prompt chunk;
+        ``graphed``: the step was replayed as a CUDA graph."""
+        self.cost.observe(num_tokens, seconds, decode_only, graphed)
 
     def observe_proposal(self, level: Level, num_requests: int, seconds: float) -> None:
         self.proposal_seconds[level] = ema(self.proposal_seconds.get(level), seconds / max(num_requests, 1), 0.8)
@@ -306,8 +329,11 @@ class SpeculationPolicy:
         global_rates = self.global_chain_rates()
         chains: dict[str | None, list[float]] = {None: expected_emitted(global_rates)}
         chains.update((rid, self.chain_emitted(rid, global_rates)) for rid in active if rid in self.request_chain)
+        # A step without drafts replays a graph when no prompt chunk shares it and the batch fits one.
+        plain_graphed = num_other_tokens == 0 and len(request_ids) <= self.graph_max_batch
         for level in self.levels:
-            goodput = self._goodput(level, active, num_other_tokens + num_idle, num_idle, chains)
+            goodput = self._goodput(level, active, num_other_tokens + num_idle, num_idle, chains,
+                                    graphed=plain_graphed and level.depth == 0)
             if goodput is None:  # no decode step timed yet: measure the plain step first, then explore
                 best_level, rates = self.levels[0], {}
                 break
@@ -339,9 +365,10 @@ class SpeculationPolicy:
         return [best_level if rid in active_set else self.levels[0] for rid in request_ids]
 
     def _goodput(self, level: Level, request_ids: list[str], num_other_tokens: int, num_idle: int,
-                 chains: dict[str | None, list[float]]) -> tuple[float, int] | None:
+                 chains: dict[str | None, list[float]], graphed: bool = False) -> tuple[float, int] | None:
         """(expected emitted tokens per second, batched tokens) of a step at ``level``. ``chains``: each
-        request's ``chain_emitted``, and every request's under None."""
+        request's ``chain_emitted``, and every request's under None; ``graphed``: the step would be
+        replayed as a CUDA graph."""
         emitted_total, tokens = float(num_idle), num_other_tokens
         # Requests without figures of their own all expect the same (every request's, or the prior):
         # one lookup for them, so that a 32-request step does not pay ~300 lookups per step.
@@ -359,7 +386,7 @@ class SpeculationPolicy:
                                             any_request)
             emitted_total += emitted
             tokens += 1 + int(round(nodes))
-        seconds = self.cost.predict(tokens)
+        seconds = self.cost.predict(tokens, graphed)
         if seconds is None:
             return None
         if level.depth:

@@ -51,6 +51,7 @@ class ModelRunner:
         self.max_spec_depth = 0
         self.max_spec_candidates = 1
         self.cuda_graphs: CudaGraphRunner | None = None  # CUDA only, opt-in: enable_cuda_graphs
+        self.last_step_graphed = False  # whether the latest forward replayed a CUDA graph
 
     def enable_cuda_graphs(self, max_batch_size: int, max_model_len: int) -> bool:
         """Capture decode steps as CUDA graphs (see worker/cuda_graphs.py); False where unavailable.
@@ -66,12 +67,19 @@ class ModelRunner:
         self.cuda_graphs = CudaGraphRunner(self.model, self.kv_caches, self.block_size, self.num_blocks,
                                            max_batch_size, max_model_len)
         self.cuda_graphs.capture()
+        self._tell_policy_about_graphs()
         return True
+
+    def _tell_policy_about_graphs(self) -> None:
+        # The policy times replayed plain steps apart from eager ones (spec/policy.py).
+        if self.spec is not None and self.cuda_graphs is not None:
+            self.spec.policy.graph_max_batch = max(self.cuda_graphs.sizes)
 
     def attach_speculator(self, spec: SpecDecoder, max_depth: int, max_candidates: int) -> None:
         self.spec = spec
         self.max_spec_depth = max_depth
         self.max_spec_candidates = max_candidates
+        self._tell_policy_about_graphs()
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         if not copies:
@@ -104,7 +112,8 @@ class ModelRunner:
         self.release(out.finished_request_ids)
         self.copy_blocks(out.block_copies)
         batch = build_input_batch(out, self.block_size, self.device)
-        if self.cuda_graphs is not None and self.cuda_graphs.can_run(batch):
+        self.last_step_graphed = self.cuda_graphs is not None and self.cuda_graphs.can_run(batch)
+        if self.last_step_graphed:
             return batch, self.cuda_graphs.run(batch)
         hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)
         return batch, hidden

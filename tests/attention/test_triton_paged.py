@@ -321,8 +321,6 @@ def test_gpu_engine_greedy_matches_cpu(tiny_llama_dir, tiny_bundle, tmp_path) ->
     for graphs in (False, True):
         for spec in (None, "ngram", str(tmp_path / "mlp")):
             extra = {"speculator": spec, "speculation": "on"} if spec else {}
-            llm = LLM(bundle=cuda_bundle, device="cuda", max_num_seqs=8, **extra)
-            if graphs:
-                engine = llm.engine
-                assert engine.runner.enable_cuda_graphs(8, engine.max_model_len)
+            llm = LLM(bundle=cuda_bundle, device="cuda", max_num_seqs=8, cuda_graphs=graphs, **extra)
+            assert (llm.engine.runner.cuda_graphs is not None) == graphs
             assert greedy(llm) == expected, (graphs, spec)

@@ -9,11 +9,13 @@ import pytest
 from specserve.spec.policy import Level, SpeculationPolicy, StepCostModel
 
 
-def train(policy: SpeculationPolicy, cost, accept_per_depth: float, batch: int, steps: int = 200) -> None:
+def train(policy: SpeculationPolicy, cost, accept_per_depth: float, batch: int, steps: int = 200,
+          graph_cost=None) -> None:
     """Feed the policy synthetic step times and acceptance at whatever levels it chooses, after the
     prompts' prefill step (as in the engine, which is where the policy learns the per-token cost).
     Each draft is accepted with probability ``accept_per_depth`` once those before it were (a chain:
-    a deeper level accepts whatever a shallower one would have, and maybe more)."""
+    a deeper level accepts whatever a shallower one would have, and maybe more). ``graph_cost``: the
+    time of a plain step replayed as a CUDA graph (when the policy's ``graph_max_batch`` allows)."""
     rng = random.Random(0)
     ids = [f"r{i}" for i in range(batch)]
     policy.observe_step(100 * batch, cost(100 * batch), decode_only=False)
@@ -28,7 +30,8 @@ def train(policy: SpeculationPolicy, cost, accept_per_depth: float, batch: int, 
                 while accepted < level.depth and rng.random() < accept_per_depth:
                     accepted += 1
                 policy.observe_request(rid, level, 1 + accepted, nodes)
-        policy.observe_step(tokens, cost(tokens))
+        graphed = graph_cost is not None and tokens == batch <= policy.graph_max_batch
+        policy.observe_step(tokens, graph_cost(tokens) if graphed else cost(tokens), graphed=graphed)
 
 
 def overhead_bound(n: int) -> float:  # one request's step barely grows with a few more tokens
@@ -213,3 +216,73 @@ def test_trees_are_priced_by_their_own_measurements() -> None:
     policy.observe_step(14, 0.022)
     assert policy.expected(tree, "r0")[0] == pytest.approx(3.0, abs=0.05)
     assert policy.choose(ids) == [tree, tree]
+
+
+def gpu_eager(n: int) -> float:  # an eager step on a GPU: launch overhead, flat in tokens (H200: ~12 ms)
+    return 0.012 + 0.00005 * n
+
+
+def gpu_graphed(n: int) -> float:  # the same plain step replayed as a CUDA graph (H200: ~2.5 ms)
+    return 0.0025 + 0.00005 * n
+
+
+def test_replayed_plain_steps_are_timed_apart_from_eager_drafting_steps() -> None:
+    """With CUDA graphs, plain steps cost a fifth of an eager verification step: two tokens per step do
+    not pay for that, so `auto` tries drafting, times it, and stays plain. Keyed by tokens alone, the
+    timings would mix (a 6-request plain step and a one-request 5-draft step share a size)."""
+    policy = SpeculationPolicy("auto", max_depth=5, max_candidates=1)
+    policy.graph_max_batch = 8
+    train(policy, gpu_eager, accept_per_depth=0.6, batch=1, graph_cost=gpu_graphed)
+    assert policy.cost.buckets and policy.cost.graph_buckets  # drafting was tried and timed, eagerly
+    assert policy.choose(["r0"])[0] == Level(0, 1)
+    drafting = sum(policy.choose(["r0"])[0].depth > 0 for _ in range(64))
+    assert drafting <= 64 // 16 + 1  # exploration at most
+
+
+def test_drafting_that_beats_replayed_steps_is_kept() -> None:
+    """Graphs do not switch speculation off where it still pays: nearly every draft accepted, and the
+    eager step only a little dearer than the replayed one."""
+    policy = SpeculationPolicy("auto", max_depth=5, max_candidates=1)
+    policy.graph_max_batch = 8
+    train(policy, gpu_eager, accept_per_depth=0.95, batch=1, graph_cost=lambda n: 0.009 + 0.00005 * n)
+    assert policy.choose(["r0"])[0].depth >= 3
+
+
+def test_without_graphs_every_step_is_timed_as_eager() -> None:
+    policy = SpeculationPolicy("auto", max_depth=3, max_candidates=1)
+    train(policy, overhead_bound, accept_per_depth=0.7, batch=1, graph_cost=gpu_graphed)
+    assert not policy.cost.graph_buckets and policy.cost.buckets  # graph_max_batch 0: nothing replays
+
+
+def test_batches_that_come_and_go_keep_graphed_and_eager_timings_apart() -> None:
+    """Six requests decoding plainly (a replayed 6-token step) alternate with one request alone, whose
+    5-draft chain is also a 6-token step, run eagerly. The lone request must still run at least at
+    the speed of replayed plain steps (drafting, 2 tokens per eager step, does not pay)."""
+    rng = random.Random(1)
+    policy = SpeculationPolicy("auto", max_depth=5, max_candidates=1)
+    policy.graph_max_batch = 8
+    policy.observe_step(600, gpu_eager(600), decode_only=False)
+    alone_seconds = alone_tokens = 0.0
+    for round_ in range(12):
+        for batch in (6, 1):
+            ids = [f"r{round_}-{batch}-{i}" for i in range(batch)]
+            for _ in range(30):
+                levels = policy.choose(ids)
+                tokens = emitted = 0
+                for rid, level in zip(ids, levels):
+                    tokens += 1 + level.depth
+                    accepted = 0
+                    while accepted < level.depth and rng.random() < 0.6:
+                        accepted += 1
+                    if level.depth:
+                        policy.observe_request(rid, level, 1 + accepted, level.depth)
+                    emitted += 1 + accepted
+                graphed = tokens == batch <= policy.graph_max_batch
+                seconds = gpu_graphed(tokens) if graphed else gpu_eager(tokens)
+                policy.observe_step(tokens, seconds, graphed=graphed)
+                if batch == 1 and round_ >= 2:
+                    alone_seconds += seconds
+                    alone_tokens += emitted
+            for rid in ids:
+                policy.release(rid)
+    assert alone_tokens / alone_seconds >= 0.9 / gpu_graphed(1)
