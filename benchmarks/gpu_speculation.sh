@@ -93,7 +93,7 @@ policy)
   stage latency_graphs 40 $PY -m specserve.cli bench latency --device cuda --dtype bfloat16 --cuda-graphs \
     --configs off,ngram,mlp-auto --speculator default --num-prompts 2 --repeats 1 --max-tokens 128 \
     --kv-cache-memory 1GiB --json "$RESULTS/latency_graphs.json"
-  stage profile 40 $PY benchmarks/gpu_step_profile.py --tokens 48
+  stage profile 60 $PY benchmarks/gpu_step_profile.py --tokens 48 --requests 8
   ;;
 *)
   echo "usage: $0 part1|run|policy"; exit 2 ;;

@@ -1,7 +1,11 @@
-"""Where a speculative step's time goes on CUDA (eager): torch.profiler over one request's decode, with a
-single chain and with the speculator's tree, top operators by host time and by device time.
+"""Where a speculative step's time goes on CUDA (eager): torch.profiler over the decode of --requests
+requests at once, plain, with a single chain, with the speculator's tree and with `auto`; top operators
+by host time and by device time.
 
-    PYTHONPATH=. python benchmarks/gpu_step_profile.py [--tokens 48] [--dtype bfloat16]
+    PYTHONPATH=. python benchmarks/gpu_step_profile.py [--tokens 48] [--requests 8] [--dtype bfloat16]
+
+On an H200 (session 8), `auto` ran 8 requests at 0.41x of plain decode, eagerly: this is the run
+that should say why.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--rows", type=int, default=22)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--requests", type=int, default=1)
+    parser.add_argument("--speculator", default="default+ngram")
     args = parser.parse_args()
     bundle = load_bundle(None, args.dtype, args.device)
-    prompt = {"prompt_token_ids": chat_prompt_ids(bundle.tokenizer, 0)}
+    prompts = [{"prompt_token_ids": chat_prompt_ids(bundle.tokenizer, i, distinct=True)} for i in range(args.requests)]
     cuda = args.device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
 
@@ -34,18 +40,22 @@ def main() -> None:
             torch.cuda.synchronize()
 
     params = SamplingParams(temperature=0, max_tokens=args.tokens, ignore_eos=True)
-    for name, candidates in (("chain", 1), ("tree", None)):
-        llm = LLM(bundle=bundle, device=args.device, speculator="default", speculation="on", num_candidates=candidates)
-        llm.generate(prompt, params)  # warm-up: Triton compiles
+    setups = {"plain": {}, "chain": dict(speculation="on", num_candidates=1), "tree": dict(speculation="on"),
+              "auto": dict(speculation="auto")}
+    for name, extra in setups.items():
+        spec = {"speculator": args.speculator, **extra} if extra else {}
+        llm = LLM(bundle=bundle, dtype=args.dtype, device=args.device, max_num_seqs=args.requests, **spec)
+        llm.generate(prompts, params)  # warm-up: Triton compiles
         sync()
-        before = llm.stats().get("spec_steps", 0)
+        before = llm.engine.num_steps
         started = time.perf_counter()
         with profile(activities=activities) as prof:
-            llm.generate(prompt, params)
+            llm.generate(prompts, params)
             sync()
         seconds = time.perf_counter() - started
-        steps = llm.stats().get("spec_steps", 0) - before
-        print(f"== {name}: {steps} steps, {1e3 * seconds / max(steps, 1):.2f} ms per step under the profiler")
+        steps = llm.engine.num_steps - before
+        print(f"== {name}: {steps} engine steps, {1e3 * seconds / max(steps, 1):.2f} ms each under the profiler, "
+              f"{args.requests * args.tokens / seconds:.0f} tok/s")
         table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=args.rows, max_name_column_width=60)
         print(table)
         if cuda:
