@@ -142,11 +142,16 @@ class LLMEngine:
             started = time.perf_counter()
             results = self.runner.execute(sched)
             if spec is not None:
+                whole = time.perf_counter() - started
                 # The base step alone: the policy prices the next step's proposals per level separately.
-                seconds = time.perf_counter() - started - spec.last_proposal_seconds
+                seconds = whole - spec.last_proposal_seconds
                 decode_only = all(item.num_new_tokens == 1 for item in sched.scheduled)
                 spec.policy.observe_step(sched.num_batched_tokens, seconds, decode_only,
                                          graphed=self.runner.last_step_graphed)
+                if decode_only:
+                    drafted = any(item.spec_token_ids for item in sched.scheduled)
+                    emitted = sum(len(result.token_ids) for result in results.values())
+                    spec.policy.observe_outcome(len(sched.scheduled), drafted, emitted, whole)
                 spec.stats.record_step_time(seconds, spec.last_proposal_seconds)
         except Exception as exc:
             if getattr(exc, "fatal", False):  # the runner cannot go on (e.g. a tensor-parallel worker died)

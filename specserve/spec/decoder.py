@@ -134,7 +134,9 @@ class SpecDecoder:
         """The engine-wide counters, and the proposer's own where it keeps some (prompt lookup: how
         many request-steps it served)."""
         proposer_stats = getattr(self.proposer, "stats", None)
-        return {**self.stats.as_dict(), **(proposer_stats() if proposer_stats else {})}
+        return {**self.stats.as_dict(), **(proposer_stats() if proposer_stats else {}),
+                # times `auto` stopped drafting at a batch size where drafting delivered less than plain steps
+                "spec_outcome_holds": self.policy.outcome.num_holds}
 
     def release(self, request_id: str) -> None:
         self.levels.pop(request_id, None)

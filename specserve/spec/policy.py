@@ -21,6 +21,9 @@ The choice maximises expected goodput, emitted tokens per second of step time:
   weighed by the steps it rests on against a prior (each request's against every request's, every
   request's against "every draft accepted" at first), so a level is tried while speculation looks
   promising, skipped once it plainly does not pay, and not written off after one unlucky step.
+- What drafting steps actually deliver is checked against the plain-step prediction, per batch size
+  (``spec/outcome_check.py``): where the predictions miss a cost and drafting delivers less than plain
+  steps would, drafting at that batch size stops for a while.
 - A little exploration (one step in ``explore_every``) keeps estimates fresh, but only towards a
   neighbouring level predicted within EXPLORE_WITHIN of the best (on a saturated machine exploring a
   level already known to lose would cost throughput for nothing), or one whose size has not been timed
@@ -42,6 +45,7 @@ import math
 from dataclasses import dataclass
 
 from specserve.spec.acceptance import AcceptanceStats, ChainAcceptance, ema, expected_emitted
+from specserve.spec.outcome_check import DraftingOutcomeCheck
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,10 @@ RETIME_AFTER = 128
 # at half its step time (the machine runs 1.3-3x slower in its spells) it would win. On a saturated
 # batch the deep levels, predicted far behind, are then not re-timed at all (each such step is a loss).
 RETIME_WITHIN = 0.5
+# The plain step is timed again after this many decode steps without one: every level is judged against
+# it, so it must not go stale, but each such step gives up a drafting step's gain (at 128 the simulated
+# one-request goodput fell from 0.989x to 0.975x of the best fixed depth).
+PLAIN_RETIME_AFTER = 512
 
 
 class StepCostModel:
@@ -222,6 +230,7 @@ class SpeculationPolicy:
         self.global_rate = 1.0
         self._step = 0
         self.last_level: Level = self.levels[-1]
+        self.outcome = DraftingOutcomeCheck()  # what drafting delivered against the plain prediction
 
     # ---- observations ------------------------------------------------------------------------
     def observe_step(self, num_tokens: int, seconds: float, decode_only: bool = True,
@@ -246,6 +255,10 @@ class SpeculationPolicy:
             self.global_rate = ema(self.global_rate, rate, 0.95)
             start = self.request_rate.get(request_id, self.global_rate)
             self.request_rate[request_id] = ema(start, rate, REQUEST_RATE_DECAY)
+
+    def observe_outcome(self, num_requests: int, drafted: bool, emitted: int, seconds: float) -> None:
+        """One whole engine step of ``num_requests`` decoding requests (proposals included)."""
+        self.outcome.observe(num_requests, drafted, emitted, seconds)
 
     def release(self, request_id: str) -> None:
         self.request_stats.pop(request_id, None)
@@ -354,12 +367,23 @@ class SpeculationPolicy:
             index = self.levels.index(best_level)
             neighbour = index + 1 if (self._step // self.explore_every) % 2 else index - 1
             candidate = self.levels[min(max(neighbour, 0), len(self.levels) - 1)]
-            if retime:
+            plain = self.levels[0]
+            if best_level.depth and self.cost.age(sizes[plain], plain_graphed) >= PLAIN_RETIME_AFTER:
+                # Every level is judged against the plain step, and while drafting pays it never runs:
+                # a plain time taken in the engine's first steps (2x too slow on the CPU, seen at one
+                # request) would otherwise stay the reference for good.
+                best_level = plain
+            elif retime:
                 best_level = max(retime, key=lambda level: rates[level])
             elif (rates[candidate] >= EXPLORE_WITHIN * rates[best_level]
                     or (self.cost.age(sizes[candidate]) >= RETIME_AFTER
                         and rates[candidate] >= RETIME_WITHIN * rates[best_level])):
                 best_level = candidate
+        if best_level.depth:
+            if self.outcome.holds(len(request_ids)):
+                best_level = self.levels[0]  # drafting at this batch size delivered less than plain steps
+            else:
+                self.outcome.expect(len(request_ids), plain_rate)
         self.last_level = best_level
         active_set = set(active)
         return [best_level if rid in active_set else self.levels[0] for rid in request_ids]

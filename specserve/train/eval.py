@@ -70,6 +70,7 @@ def evaluate_speculator(args: argparse.Namespace) -> dict[str, Any]:
             "spec_accepted_length_histogram": stats.get("spec_accepted_length_histogram"),
             "spec_proposal_ms_per_step": stats.get("spec_proposal_ms_per_step"),
             "spec_proposal_time_share": stats.get("spec_proposal_time_share"),
+            "spec_outcome_holds": stats.get("spec_outcome_holds"),
             # The base step's time by batched tokens, as the adaptive policy measured it (decode and
             # verification steps): what verifying more draft tokens costs on this machine.
             "step_ms_by_tokens": {n: round(1e3 * sec, 3) for n, sec in
