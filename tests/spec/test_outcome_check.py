@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from policy_sim import draft_step
+
 from specserve.spec.outcome_check import HOLD_STEPS, DraftingOutcomeCheck, batch_bucket
 from specserve.spec.policy import Level, SpeculationPolicy
 
@@ -63,15 +65,7 @@ def test_auto_stops_drafting_when_steps_cost_more_than_it_can_see() -> None:
     emitted_total = seconds_total = 0.0
     for _ in range(1500):
         levels = policy.choose(ids)
-        tokens = emitted = 0
-        for rid, level in zip(ids, levels):
-            tokens += 1 + level.depth
-            accepted = 0
-            while accepted < level.depth and rng.random() < 0.5:
-                accepted += 1
-            if level.depth:
-                policy.observe_request(rid, level, 1 + accepted, level.depth)
-            emitted += 1 + accepted
+        tokens, emitted = draft_step(policy, ids, levels, rng, 0.5)
         seen = 0.013 + 0.00001 * tokens
         drafted = any(level.depth for level in levels)
         whole = seen * (3.5 if drafted else 1.0)

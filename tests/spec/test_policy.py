@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from policy_sim import draft_step
 
 from specserve.spec.policy import Level, SpeculationPolicy, StepCostModel
 
@@ -21,15 +22,7 @@ def train(policy: SpeculationPolicy, cost, accept_per_depth: float, batch: int, 
     policy.observe_step(100 * batch, cost(100 * batch), decode_only=False)
     for _ in range(steps):
         levels = policy.choose(ids)
-        tokens = 0
-        for rid, level in zip(ids, levels):
-            nodes = level.depth * level.candidates
-            tokens += 1 + nodes
-            if level.depth:
-                accepted = 0
-                while accepted < level.depth and rng.random() < accept_per_depth:
-                    accepted += 1
-                policy.observe_request(rid, level, 1 + accepted, nodes)
+        tokens, _ = draft_step(policy, ids, levels, rng, accept_per_depth)
         graphed = graph_cost is not None and tokens == batch <= policy.graph_max_batch
         policy.observe_step(tokens, graph_cost(tokens) if graphed else cost(tokens), graphed=graphed)
 
@@ -268,15 +261,7 @@ def test_batches_that_come_and_go_keep_graphed_and_eager_timings_apart() -> None
             ids = [f"r{round_}-{batch}-{i}" for i in range(batch)]
             for _ in range(30):
                 levels = policy.choose(ids)
-                tokens = emitted = 0
-                for rid, level in zip(ids, levels):
-                    tokens += 1 + level.depth
-                    accepted = 0
-                    while accepted < level.depth and rng.random() < 0.6:
-                        accepted += 1
-                    if level.depth:
-                        policy.observe_request(rid, level, 1 + accepted, level.depth)
-                    emitted += 1 + accepted
+                tokens, emitted = draft_step(policy, ids, levels, rng, 0.6)
                 graphed = tokens == batch <= policy.graph_max_batch
                 seconds = gpu_graphed(tokens) if graphed else gpu_eager(tokens)
                 policy.observe_step(tokens, seconds, graphed=graphed)

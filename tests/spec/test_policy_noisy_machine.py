@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from policy_sim import draft_step
 
 from specserve.spec.policy import Level, SpeculationPolicy
 
@@ -57,15 +58,7 @@ def simulate(seed: int, batch: int, cost, fixed_depth: int | None = None,
     seconds = emitted = 0.0
     for step in range(STEPS):
         levels = [Level(fixed_depth, 1)] * batch if fixed_depth is not None else policy.choose(ids)
-        tokens = step_emitted = 0
-        for rid, level in zip(ids, levels):
-            accepted = 0
-            while accepted < level.depth and accept.random() < accept_rates[step]:
-                accepted += 1
-            if level.depth:
-                policy.observe_request(rid, level, 1 + accepted, level.depth)
-            step_emitted += 1 + accepted
-            tokens += 1 + level.depth
+        tokens, step_emitted = draft_step(policy, ids, levels, accept, accept_rates[step])
         step_seconds = cost(tokens) * speeds[step] * noise.lognormvariate(0, 0.1)
         policy.observe_step(tokens, step_seconds)
         policy.observe_outcome(batch, any(level.depth for level in levels), step_emitted, step_seconds)
