@@ -129,6 +129,7 @@ class StepCostModel:
         self.num_steps = 0  # decode steps observed
         self.set_at: dict[tuple[bool, int], int] = {}  # per key, num_steps when its shape was last set
         self.prefill_token_shape: float | None = None  # seconds per prefill token at speed 1 (>= 16 tokens)
+        self.warmed_up = False  # the first decode step is not timed (see observe)
 
     @staticmethod
     def bucket(num_tokens: int) -> int:
@@ -153,6 +154,12 @@ class StepCostModel:
             if num_tokens >= 16:
                 per_token = seconds / num_tokens / self.speed
                 self.prefill_token_shape = ema(self.prefill_token_shape, per_token, self.PREFILL_DECAY)
+            return
+        if not self.warmed_up:
+            # An engine's first decode step carries one-time costs (first writes to fresh KV pages,
+            # buffers built on first use): 78 ms against 18 ms for the next one on the CPU. As the first
+            # shape it skewed the speed, and with it every size timed after, for hundreds of steps.
+            self.warmed_up = True
             return
         key = (graphed, self.bucket(num_tokens))
         self.num_steps += 1
