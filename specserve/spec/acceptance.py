@@ -47,29 +47,33 @@ class AcceptanceStats:
 STALE_HALF_LIFE = 16  # steps (simulated varying text: 8, 16, 32, 64 gave 0.97, 0.98, 0.97, 0.95 of the best fixed depth)
 
 
+@dataclass(slots=True)
+class PositionAcceptance:
+    rate: float  # EMA of the draft at this position being accepted, when reached
+    count: int  # steps that reached it
+    seen_at: int  # the chain's num_steps when it was last reached
+
+
 @dataclass
 class ChainAcceptance:
     """Per draft position (index k-1 for position k): an EMA of whether the k-th draft token was
     accepted, over the steps that reached it (proposed it, with every draft before it accepted)."""
 
     decay: float
-    rate: list[float] = field(default_factory=list)
-    count: list[int] = field(default_factory=list)
-    seen_at: list[int] = field(default_factory=list)  # per position, num_steps when last reached
+    positions: list[PositionAcceptance] = field(default_factory=list)
     num_steps: int = 0
 
     def observe(self, num_drafts: int, num_accepted: int) -> None:
         self.num_steps += 1
         for k in range(min(num_drafts, num_accepted + 1)):
             hit = 1.0 if k < num_accepted else 0.0
-            if k == len(self.rate):
-                self.rate.append(hit)
-                self.count.append(1)
-                self.seen_at.append(self.num_steps)
+            if k == len(self.positions):
+                self.positions.append(PositionAcceptance(hit, 1, self.num_steps))
             else:
-                self.rate[k] = ema(self.rate[k], hit, self.decay)
-                self.count[k] += 1
-                self.seen_at[k] = self.num_steps
+                position = self.positions[k]
+                position.rate = ema(position.rate, hit, self.decay)
+                position.count += 1
+                position.seen_at = self.num_steps
 
     def blended(self, depth: int, prior_steps: int, prior: list[float] | float) -> list[float]:
         """Rates for positions 1 .. depth: this estimate weighed count / (count + prior_steps) against a
@@ -80,13 +84,14 @@ class ChainAcceptance:
         out: list[float] = []
         for k in range(depth):
             fallback = prior[k] if isinstance(prior, list) else (out[-1] if out else prior)
-            if k < len(self.rate):
-                weight = self.count[k] / (self.count[k] + prior_steps)
+            if k < len(self.positions):
+                position = self.positions[k]
+                weight = position.count / (position.count + prior_steps)
                 # A position not reached for a while (the policy drafts shallower now) is taken to
                 # follow its prior again, half-way after STALE_HALF_LIFE steps: its figure dates from
                 # other text, and deeper drafts must not stay priced out once the text gets easier.
-                weight *= 0.5 ** ((self.num_steps - self.seen_at[k]) / STALE_HALF_LIFE)
-                out.append(weight * self.rate[k] + (1 - weight) * fallback)
+                weight *= 0.5 ** ((self.num_steps - position.seen_at) / STALE_HALF_LIFE)
+                out.append(weight * position.rate + (1 - weight) * fallback)
             else:
                 out.append(fallback)
         return out
