@@ -37,6 +37,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speculator", default="default", help="the learned speculator of mlp/auto")
     parser.add_argument("--num-prompts", type=int, default=8, help="chat prompts (1-8)")
     parser.add_argument("--repeats", type=int, default=1, help="passes over the prompt set")
+    parser.add_argument("--rewrite-prompts", default=None,
+                        help=".jsonl of {\"prompt\"} rows for the rewrite set, e.g. benchmarks/prompts_rewrite.jsonl "
+                             "(default: the built-in typo prompt)")
     parser.add_argument("--kv-cache-memory", default="256MiB")
     parser.add_argument("--bandwidth-mib", type=int, default=1024, help="buffer size of the bandwidth test")
     parser.add_argument("--json", default=None, help="write the result here")
@@ -50,6 +53,22 @@ def _spec_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
     hist.subtract(before.get("spec_accepted_length_histogram", {}))
     return {"spec_steps": steps, "mean_accepted_tokens_per_step": emitted / steps if steps else None,
             "accepted_length_histogram": {int(k): v for k, v in sorted(hist.items()) if v}}
+
+
+def rewrite_set(tokenizer: Any, path: str | None) -> list[list[int]]:
+    """The rewrite prompts' token ids: the built-in typo prompt, or every prompt of a .jsonl file."""
+    if path is None:
+        return [rewrite_prompt_ids(tokenizer)]
+    from specserve.train.data import load_prompts
+
+    try:
+        conversations = load_prompts(path)
+    except OSError as exc:
+        raise ValueError(f"cannot read --rewrite-prompts {path}: {exc.strerror or exc}") from exc
+    if not conversations:
+        raise ValueError(f"--rewrite-prompts {path} holds no prompt")
+    return [list(tokenizer.encode(tokenizer.apply_chat_template(c, add_generation_prompt=True)))
+            for c in conversations]
 
 
 def summarize(runs: list[SingleRun]) -> dict[str, Any]:
@@ -74,13 +93,14 @@ def run(args: argparse.Namespace) -> BenchResult:
     setups, notes = resolve_setups(args.configs, args.speculator, bundle.model_dir)
     tok = bundle.tokenizer
     prompt_sets = {"chat": [chat_prompt_ids(tok, i) for i in range(args.num_prompts)],
-                   "rewrite": [rewrite_prompt_ids(tok)]}
+                   "rewrite": rewrite_set(tok, args.rewrite_prompts)}
     bandwidth = measure_bandwidth(args.bandwidth_mib << 20, device=args.device)
     roofline = roofline_fields(bundle.model, bandwidth)
     result = BenchResult("latency", {
         "model": bundle.model_dir.name, "dtype": args.dtype, "device": args.device,
         "cuda_graphs": args.cuda_graphs, "max_tokens": args.max_tokens,
         "configs": [s._asdict() for s in setups], "speculator": args.speculator, "repeats": args.repeats,
+        "rewrite_prompts": args.rewrite_prompts,
         "prompt_tokens": {k: [len(p) for p in v] for k, v in prompt_sets.items()},
         "greedy": True, "ignore_eos": True}, machine, notes=notes)
     bound = roofline["roofline_decode_tok_s"]

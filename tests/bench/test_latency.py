@@ -37,3 +37,27 @@ def test_latency_skips_an_absent_speculator_with_a_note(run_bench, tiny_llama_di
     assert {r["config"] for r in result["rows"]} == {"off", "auto (ngram)", "roofline"}
     assert any("skipped 'mlp'" in note for note in result["notes"])
     assert any("'auto' uses prompt lookup" in note for note in result["notes"])
+
+
+def test_latency_takes_a_file_of_rewrite_prompts(run_bench, tiny_llama_dir, tmp_path):
+    prompts = tmp_path / "rewrite.jsonl"
+    prompts.write_text('{"prompt": "Fix the typos: teh cat sat on teh mat."}\n'
+                       '{"prompt": "Fix the typos: recieve the pakcage tomorow."}\n')
+    result = run_bench("latency", "--model", str(tiny_llama_dir), "--configs", "off,ngram", "--max-tokens", "4",
+                       "--num-prompts", "1", "--repeats", "2", "--rewrite-prompts", str(prompts),
+                       "--kv-cache-memory", "8MiB", "--bandwidth-mib", "8")
+    rewrite = [r for r in result["rows"] if r["prompts"] == "rewrite"]
+    assert [r["requests"] for r in rewrite] == [4, 4]  # 2 prompts, twice each
+    assert result["config"]["rewrite_prompts"] == str(prompts)
+
+
+def test_latency_rejects_a_missing_rewrite_file_in_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "specserve.cli", "bench", "latency", "--rewrite-prompts",
+                             str(tmp_path / "absent.jsonl"), "--configs", "off", "--max-tokens", "2",
+                             "--num-prompts", "1", "--bandwidth-mib", "8"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("specserve: error: cannot read --rewrite-prompts")
