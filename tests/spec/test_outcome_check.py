@@ -76,3 +76,19 @@ def test_auto_stops_drafting_when_steps_cost_more_than_it_can_see() -> None:
     assert policy.outcome.num_holds >= 1
     assert emitted_total / seconds_total >= 0.9 * len(ids) / 0.013
     assert policy.choose(ids)[0] == Level(0, 1)
+
+
+def test_the_engine_reports_every_decode_step_to_the_check(tiny_bundle, random_mlp_dir) -> None:
+    """Wiring: the engine hands the policy each decode step's emitted tokens and whole time, and the
+    steps that drafted on the policy's own choice are counted against its plain prediction."""
+    from specserve import LLM, SamplingParams
+
+    llm = LLM(bundle=tiny_bundle, speculator=str(random_mlp_dir), speculation="auto", max_num_seqs=1)
+    # A prompt of 16+ tokens: its prefill prices the per-token cost, so deeper levels look worth a try.
+    prompt = "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat by the door. " * 2
+    outputs = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))
+    check = llm.engine.runner.spec.policy.outcome
+    decode_steps = llm.engine.num_steps - 1  # the prompt's prefill step is not a decode step
+    assert check.num_steps == decode_steps
+    assert check.windows and check.windows[1].steps > 0  # drafting steps the policy chose were weighed
+    assert len(outputs[0].outputs[0].token_ids) == 24
