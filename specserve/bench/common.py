@@ -54,9 +54,13 @@ def chat_messages(i: int, distinct: bool = False) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
 
 
+def conversation_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a conversation in the model's chat template, ready for the assistant's answer."""
+    return list(tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True)))
+
+
 def chat_prompt_ids(tokenizer: Any, i: int, distinct: bool = False) -> list[int]:
-    return list(tokenizer.encode(tokenizer.apply_chat_template(chat_messages(i, distinct),
-                                                               add_generation_prompt=True)))
+    return conversation_ids(tokenizer, chat_messages(i, distinct))
 
 
 def rewrite_messages() -> list[dict[str, str]]:
@@ -65,7 +69,7 @@ def rewrite_messages() -> list[dict[str, str]]:
 
 
 def rewrite_prompt_ids(tokenizer: Any) -> list[int]:
-    return list(tokenizer.encode(tokenizer.apply_chat_template(rewrite_messages(), add_generation_prompt=True)))
+    return conversation_ids(tokenizer, rewrite_messages())
 
 
 @dataclass

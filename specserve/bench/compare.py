@@ -21,6 +21,7 @@ from specserve.bench.common import (
     BenchResult,
     MachineInfo,
     chat_messages,
+    chat_prompt_ids,
     rewrite_messages,
     rewrite_prompt_ids,
 )
@@ -57,8 +58,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     machine = MachineInfo.read()
     bundle = load_bundle(args.model, args.dtype, args.device)
     tok = bundle.tokenizer
-    prompts = [tok.encode(tok.apply_chat_template(chat_messages(i), add_generation_prompt=True))
-               for i in range(args.concurrency)]
+    prompts = [chat_prompt_ids(tok, i) for i in range(args.concurrency)]
     result = BenchResult("compare", {"model": str(bundle.model_dir.name), "dtype": args.dtype,
                                      "max_tokens": args.max_tokens, "concurrency": args.concurrency,
                                      "prompt_tokens": [len(p) for p in prompts[:8]]}, machine)

@@ -16,7 +16,13 @@ import argparse
 from collections import Counter
 from typing import Any
 
-from specserve.bench.common import BenchResult, MachineInfo, chat_prompt_ids, rewrite_prompt_ids
+from specserve.bench.common import (
+    BenchResult,
+    MachineInfo,
+    chat_prompt_ids,
+    conversation_ids,
+    rewrite_prompt_ids,
+)
 from specserve.bench.configs import SETUP_NAMES, resolve_setups
 from specserve.bench.engine_runs import SingleRun, median, percentile, run_single
 from specserve.bench.roofline import measure_bandwidth, roofline_fields
@@ -67,8 +73,7 @@ def rewrite_set(tokenizer: Any, path: str | None) -> list[list[int]]:
         raise ValueError(f"cannot read --rewrite-prompts {path}: {exc.strerror or exc}") from exc
     if not conversations:
         raise ValueError(f"--rewrite-prompts {path} holds no prompt")
-    return [list(tokenizer.encode(tokenizer.apply_chat_template(c, add_generation_prompt=True)))
-            for c in conversations]
+    return [conversation_ids(tokenizer, c) for c in conversations]
 
 
 def summarize(runs: list[SingleRun]) -> dict[str, Any]:
