@@ -95,8 +95,58 @@ policy)
     --kv-cache-memory 1GiB --json "$RESULTS/latency_graphs.json"
   stage profile 60 $PY benchmarks/gpu_step_profile.py --tokens 48 --requests 8
   ;;
+train)
+  # Session 9: the speculator trained on the GPU with more phase-2 text than the CPU run could make:
+  # the shipped run's greedy answers (carried, .gpu_b/phase2_answers.jsonl.gz) plus up to SAMPLES rounds
+  # of sampled answers to the same prompts (whole rounds only, as many as GEN_SECONDS allow), then two
+  # shapes trained side by side on one cache: 3 tied stages (the shipped shape) and 5.
+  # Also carried: .gpu_b/phase1_text.jsonl.gz, the shipped run's phase-1 documents (this machine's docs differ).
+  join_gguf
+  W=$STASH/train3 W5=$STASH/train5
+  mkdir -p "$W/cache" "$W5"
+  ln -sfn "$W/cache" "$W5/cache"
+  gunzip -c .gpu_b/phase2_answers.jsonl.gz > "$W/cache/phase2_answers.jsonl"
+  gunzip -c .gpu_b/phase1_text.jsonl.gz > "$STASH/phase1_text.jsonl"
+  export TQDM_MININTERVAL=10
+  T=($PY -m specserve.cli train-speculator --device cuda --phase1-data "$STASH/phase1_text.jsonl"
+     --phase1-max-chars 1200000 --phase1-max-tokens 270336 --generate-batch-size 256 --threads 8)
+  SAMPLES=${SAMPLES:-5}
+  stage answers "${GEN_SECONDS:-150}" "${T[@]}" --out "$W" --phase2-samples "$SAMPLES" --generate-cuda-graphs --only generate
+  [ -s "$W/cache/phase2_samples.jsonl" ] || stage answers_eager 100 "${T[@]}" --out "$W" --phase2-samples "$SAMPLES" --only generate
+  prompts=$(grep -c . specserve/train/data/prompts_train.jsonl)
+  rounds=$(( $(cat "$W/cache/phase2_samples.jsonl" 2>/dev/null | wc -l) / prompts ))
+  head -n $((rounds * prompts)) "$W/cache/phase2_samples.jsonl" > "$STASH/kept" 2>/dev/null
+  mv "$STASH/kept" "$W/cache/phase2_samples.jsonl"
+  echo "sampled rounds kept: $rounds of $SAMPLES ($prompts prompts each)" | tee -a "$LOG"
+  stage data 150 "${T[@]}" --out "$W" --phase2-samples "$rounds" --only data
+  cat "$W/cache/phase2/DONE" >> "$LOG"; echo >> "$LOG"
+  steps=$((267 * (1 + rounds)))  # ~1.5 passes over the training shards (16 sequences each, 9 in 10 trained)
+  for n in 3 5; do
+    out=$([ $n = 3 ] && echo "$W" || echo "$W5")
+    stage "train_$n" "${TRAIN_SECONDS:-240}" "${T[@]}" --out "$out" --phase2-samples "$rounds" --n-predict $n \
+      --phase1-steps 40 --phase2-steps $steps --eval-every 100 &
+  done
+  wait
+  for n in 3 5; do
+    out=$([ $n = 3 ] && echo "$W" || echo "$W5")
+    [ -f "$out/compact/config.json" ] && tar -C "$out" -cf "$RESULTS/mlp$n.tar" compact log.jsonl
+  done
+  ;;
+policy2)
+  # Session 9, after `train` (nothing to join: the model was imported by it): the outcome check on
+  # the eager 8-request case, longer runs (64 requests x 128 tokens), with and without CUDA graphs.
+  [ -d "$STASH/home" ] || join_gguf
+  stage gpu_tests 60 $PY -m pytest -p no:cacheprovider -q -m gpu tests/train/test_pipeline.py
+  for graphs in "" "--cuda-graphs"; do
+    name=throughput${graphs:+_graphs}
+    stage "$name" 90 $PY -m specserve.cli bench throughput --device cuda --dtype bfloat16 $graphs \
+      --configs off,auto --speculator default+ngram --concurrency 8,32 --num-requests 64 --max-tokens 128 \
+      --kv-cache-memory 4GiB --json "$RESULTS/$name.json"
+  done
+  stage profile 60 $PY benchmarks/gpu_step_profile.py --tokens 48 --requests 8
+  ;;
 *)
-  echo "usage: $0 part1|run|policy"; exit 2 ;;
+  echo "usage: $0 part1|run|policy|train|policy2"; exit 2 ;;
 esac
 echo "gpu_speculation $1: $([ $status -eq 0 ] && echo all stages passed || echo some stages FAILED)" | tee -a "$LOG"
 exit $status

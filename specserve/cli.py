@@ -173,7 +173,10 @@ def cmd_train_speculator(args: argparse.Namespace) -> int:
         generate_dtype=args.generate_dtype, phase2_prompts=args.phase2_prompts or "",
         phase2_num_prompts=args.phase2_num_prompts, max_new_tokens=args.max_new_tokens,
         phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps, seqs_per_step=args.seqs_per_step,
-        micro_batches=args.micro_batches, lr=args.lr, seed=args.seed, resume=args.resume, only=args.only)
+        micro_batches=args.micro_batches, lr=args.lr, seed=args.seed, resume=args.resume, only=args.only,
+        phase2_samples=args.phase2_samples, sample_temperature=args.sample_temperature,
+        generate_batch_size=args.generate_batch_size, generate_cuda_graphs=args.generate_cuda_graphs,
+        device=args.device, eval_every=args.eval_every)
     out = train(config)
     print(f"speculator written to {out}")
     return 0
@@ -205,12 +208,20 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
                        help="dtype of the engine writing phase-2 answers (labels are float32 either way)")
     train.add_argument("--phase2-prompts", default=None, help=".jsonl of {\"prompt\"} (default: shipped train split)")
     train.add_argument("--phase2-num-prompts", type=int, default=0, help="0 = every prompt")
+    train.add_argument("--phase2-samples", type=int, default=0,
+                       help="extra answers per prompt, sampled (labels stay the model's greedy tokens)")
+    train.add_argument("--sample-temperature", type=float, default=0.8, help="temperature of those answers")
+    train.add_argument("--generate-batch-size", type=int, default=64, help="requests answered at once")
+    train.add_argument("--generate-cuda-graphs", action="store_true",
+                       help="replay the answering engine's decode steps as CUDA graphs (CUDA only)")
+    train.add_argument("--device", default="cpu", help="cpu or cuda: answers, hidden states and training")
     train.add_argument("--max-new-tokens", type=int, default=192)
     train.add_argument("--phase1-steps", type=int, default=120)
     train.add_argument("--phase2-steps", type=int, default=120)
     train.add_argument("--seqs-per-step", type=int, default=16)
     train.add_argument("--micro-batches", type=int, default=4, help="optimizer updates per step")
     train.add_argument("--lr", type=float, default=3e-3)
+    train.add_argument("--eval-every", type=int, default=20, help="steps between held-out evaluations")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--only", default="all", choices=["all", "data", "generate", "phase1-data"],

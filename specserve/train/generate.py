@@ -1,7 +1,9 @@
 """Phase-2 data: the base model answers chat prompts through specserve's own engine (batched, paged).
 
 Responses are appended to a jsonl file as each batch finishes (``prompt_ids``, ``response_ids``), so
-an interrupted run resumes after the last finished batch. Greedy decoding, like the evaluation.
+an interrupted run resumes after the last finished batch. Greedy decoding, like the evaluation, or,
+for extra answers to the same prompts, sampling at a temperature: more distinct text for the same
+prompts (the labels are still the base model's greedy tokens, recomputed over that text).
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from specserve.sampling_params import SamplingParams
 
 def generate_responses(bundle: Any, conversations: list[list[dict[str, str]]], out_file: Path,
                        max_new_tokens: int, batch_size: int = 64, progress: Any = None,
-                       requests_per_write: int = 256) -> list[dict[str, Any]]:
+                       requests_per_write: int = 256, temperature: float = 0.0,
+                       cuda_graphs: bool = False) -> list[dict[str, Any]]:
     """Generate (or resume) responses for every conversation; returns all rows in order.
 
     ``batch_size`` requests run at once; ``requests_per_write`` are queued per call, so a finished
     request's slot is refilled at once instead of waiting for the slowest answer of its batch.
+    ``temperature`` > 0 samples from the engine's global RNG (seed it with ``torch.manual_seed``): per
+    request generators would cost one sampling call per row, and the answers only need to differ.
     """
     rows: list[dict[str, Any]] = []
     if out_file.exists():
@@ -30,9 +35,11 @@ def generate_responses(bundle: Any, conversations: list[list[dict[str, str]]], o
     if len(rows) >= len(conversations):
         return rows[:len(conversations)]
     dtype = str(bundle.dtype).removeprefix("torch.")
-    llm = LLM(bundle=bundle, dtype=dtype, max_num_seqs=batch_size, kv_cache_memory="2GiB",
-              max_num_batched_tokens=max(1024, batch_size * 8), enable_prefix_caching=True)
-    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+    # 16 MiB of KV per running request holds ~700 tokens of the default model in bfloat16
+    llm = LLM(bundle=bundle, dtype=dtype, device=str(bundle.device), max_num_seqs=batch_size,
+              kv_cache_memory=f"{max(2048, 16 * batch_size)}MiB", max_num_batched_tokens=max(1024, batch_size * 8),
+              enable_prefix_caching=True, cuda_graphs=cuda_graphs)
+    params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     with open(out_file, "a", encoding="utf-8") as f:
         for start in range(len(rows), len(conversations), requests_per_write):

@@ -27,30 +27,34 @@ class HiddenStateExtractor:
         self.model = model
         self.arch = model.arch
         self.block_size = block_size
-        self.dtype = model.get_input_embeddings().weight.dtype
+        weight = model.get_input_embeddings().weight
+        self.dtype, self.device = weight.dtype, weight.device
 
     @torch.inference_mode()
     def run(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sequences (any lengths) -> hidden [b, max_len, d] float32 and greedy ids [b, max_len] (padded)."""
+        """Sequences (any lengths) -> hidden [b, max_len, d] float32 and greedy ids [b, max_len] (padded),
+        on the CPU whatever the model's device."""
         lens = [len(s) for s in seqs]
         max_len = max(lens)
         bs = self.block_size
         blocks_per_seq = -(-max_len // bs)
         num_blocks = blocks_per_seq * len(seqs)
         shape = (num_blocks, bs, self.arch.num_kv_heads, self.arch.head_dim)
-        kv = [(torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype))
+        dev = self.device
+        kv = [(torch.zeros(shape, dtype=self.dtype, device=dev), torch.zeros(shape, dtype=self.dtype, device=dev))
               for _ in range(self.arch.num_layers)]
-        slots = torch.cat([torch.arange(n) + i * blocks_per_seq * bs for i, n in enumerate(lens)])
+        slots = torch.cat([torch.arange(n) + i * blocks_per_seq * bs for i, n in enumerate(lens)]).to(dev)
         query_start_loc = [0]
         for n in lens:
             query_start_loc.append(query_start_loc[-1] + n)
-        block_tables = torch.arange(num_blocks).view(len(seqs), blocks_per_seq)
+        block_tables = torch.arange(num_blocks, device=dev).view(len(seqs), blocks_per_seq)
         md = AttentionMetadata(slot_mapping=slots, query_start_loc=query_start_loc, seq_lens=lens,
                                block_tables=block_tables, block_size=bs)
-        input_ids = torch.tensor([t for s in seqs for t in s])
-        positions = torch.cat([torch.arange(n) for n in lens])
+        input_ids = torch.tensor([t for s in seqs for t in s], device=dev)
+        positions = torch.cat([torch.arange(n) for n in lens]).to(dev)
         hidden = self.model(input_ids, positions, kv, md)  # [num_tokens, d]
-        greedy = self.model.compute_logits(hidden).argmax(-1)  # [num_tokens]
+        greedy = self.model.compute_logits(hidden).argmax(-1).cpu()  # [num_tokens]
+        hidden = hidden.float().cpu()
         out_h = torch.zeros(len(seqs), max_len, hidden.shape[-1])
         out_g = torch.full((len(seqs), max_len), PAD_ID, dtype=torch.long)
         for i, n in enumerate(lens):

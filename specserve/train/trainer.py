@@ -58,6 +58,11 @@ class TrainConfig:
     phase2_num_prompts: int = 0  # 0 = all
     max_new_tokens: int = 192
     generate_dtype: str = "bfloat16"  # answers only; their hidden states and labels come from float32
+    phase2_samples: int = 0  # extra answers per prompt, sampled at sample_temperature (more distinct text)
+    sample_temperature: float = 0.8
+    generate_batch_size: int = 64  # requests the engine runs at once while answering
+    generate_cuda_graphs: bool = False  # replay the answering engine's decode steps as CUDA graphs
+    device: str = "cpu"  # every stage: answers, hidden states, training (the export is always on the CPU)
     phase1_steps: int = 120
     phase2_steps: int = 120
     seqs_per_step: int = 16  # one cached shard per step
@@ -82,6 +87,8 @@ class TrainConfig:
             raise ValueError("n_predict, seqs_per_step must be >= 1 and chunk_len > n_predict + 1")
         if self.only not in ("all", "data", "generate", "phase1-data"):
             raise ValueError(f"--only must be all, data, generate or phase1-data, got {self.only!r}")
+        if self.phase2_samples < 0 or (self.phase2_samples and self.sample_temperature <= 0):
+            raise ValueError("--phase2-samples must be >= 0, with --sample-temperature > 0")
 
 
 def prepare_phase1(cfg: TrainConfig, cache: Path) -> list[Path]:
@@ -93,7 +100,7 @@ def prepare_phase1(cfg: TrainConfig, cache: Path) -> list[Path]:
         if cfg.phase1_max_tokens:
             num_chunks = min(num_chunks, cfg.phase1_max_tokens // cfg.chunk_len)
         return sorted((cache / "phase1").glob("shard_*.pt"))[:-(-num_chunks // cfg.seqs_per_step)]
-    bundle = load_bundle(cfg.model, cfg.phase1_dtype)
+    bundle = load_bundle(cfg.model, cfg.phase1_dtype, cfg.device)
     docs = train_data.collect_documents([Path(p) for p in cfg.phase1_data] or None, cfg.phase1_max_chars, cfg.seed)
     tok = bundle.tokenizer
     chunks = train_data.pack_token_chunks([tok.encode(d) for d in docs], cfg.chunk_len, bundle.eos_token_ids[0])
@@ -115,9 +122,16 @@ def prepare_phase2(cfg: TrainConfig, cache: Path, bundle: Any) -> list[Path]:
     convs = train_data.load_prompts(cfg.phase2_prompts or train_data.default_prompt_file("train"))
     random.Random(cfg.seed).shuffle(convs)
     convs = convs[:cfg.phase2_num_prompts or None]
-    bar = tqdm(total=len(convs), desc="phase-2 answers", unit="prompt")
-    gen_bundle = bundle if cfg.generate_dtype == "float32" else load_bundle(cfg.model, cfg.generate_dtype)
-    rows = generate_responses(gen_bundle, convs, cache / "phase2_answers.jsonl", cfg.max_new_tokens, progress=bar)
+    bar = tqdm(total=len(convs) * (1 + cfg.phase2_samples), desc="phase-2 answers", unit="prompt")
+    gen_bundle = bundle if cfg.generate_dtype == "float32" else load_bundle(cfg.model, cfg.generate_dtype, cfg.device)
+    answer = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generate_batch_size, progress=bar,
+                  cuda_graphs=cfg.generate_cuda_graphs, requests_per_write=max(256, 4 * cfg.generate_batch_size))
+    rows = generate_responses(gen_bundle, convs, cache / "phase2_answers.jsonl", **answer)
+    if cfg.phase2_samples:
+        # Round after round over all prompts: the answers of a run with fewer samples are a prefix of these.
+        repeated = convs * cfg.phase2_samples
+        rows = rows + generate_responses(gen_bundle, repeated, cache / "phase2_samples.jsonl",
+                                         temperature=cfg.sample_temperature, **answer)
     bar.close()
     if cfg.only == "generate":
         return []
@@ -241,14 +255,20 @@ def schedule(cfg: TrainConfig, shards1: list[Path], shards2_train: list[Path]) -
     return plan
 
 
+def load_batch(path: Path, cfg: TrainConfig, to_head: torch.Tensor) -> Any:
+    """One cached shard as a StageBatch on the training device."""
+    batch = stage_batch(torch.load(path), cfg.n_predict, to_head)
+    return type(batch)(*(t.to(cfg.device, non_blocking=True) for t in batch))
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, shards: list[Path], cfg: TrainConfig, to_head: torch.Tensor) -> dict[str, Any]:
     model.eval()
     weights = stage_weights(cfg.n_predict, cfg.stage_decay)
     results = []
     for path in shards:
-        batch = stage_batch(torch.load(path), cfg.n_predict, to_head)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        batch = load_batch(path, cfg, to_head)
+        with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16):
             logits = model(batch.hidden, batch.token_ids)
         results.append(speculator_loss(logits, batch.labels, weights))
     model.train()
@@ -268,7 +288,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.only == "phase1-data":
         prepare_phase1(cfg, cache)
         return out
-    bundle = load_bundle(cfg.model, "float32")
+    bundle = load_bundle(cfg.model, "float32", cfg.device)
     shards2 = prepare_phase2(cfg, cache, bundle)
     if cfg.only == "generate":
         return out
@@ -282,16 +302,16 @@ def train(cfg: TrainConfig) -> Path:
     else:
         vocab_map = build_vocab_map(shards1, train2, cfg.head_vocab_size, bundle.arch.vocab_size)
         torch.save(vocab_map, vocab_path)
-    model = build_speculator(cfg, bundle, vocab_map)
+    model = build_speculator(cfg, bundle, vocab_map).to(cfg.device)
     to_head = head_index(vocab_map, bundle.arch.vocab_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
     plan = schedule(cfg, shards1, train2)
-    head_scale = calibrate_head_scale(model, stage_batch(torch.load(plan[0][1]), cfg.n_predict, to_head))
+    head_scale = calibrate_head_scale(model, load_batch(plan[0][1], cfg, to_head))
     start, ckpt = 0, out / "checkpoint.pt"
     log_path = out / "log.jsonl"
     if cfg.resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=cfg.device)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         start = state["step"]
@@ -311,10 +331,10 @@ def train(cfg: TrainConfig) -> Path:
             for group in optim.param_groups:
                 group["lr"] = lr_at(step - first, num, cfg, base_lr)
             t0 = time.perf_counter()
-            batch = stage_batch(torch.load(path), cfg.n_predict, to_head)
+            batch = load_batch(path, cfg, to_head)
             parts = []
-            for rows in torch.arange(batch.hidden.shape[0]).chunk(cfg.micro_batches):
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+            for rows in torch.arange(batch.hidden.shape[0], device=cfg.device).chunk(cfg.micro_batches):
+                with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16):
                     logits = model(batch.hidden[rows], batch.token_ids[rows])
                 part = speculator_loss(logits, batch.labels[:, rows], weights)
                 optim.zero_grad(set_to_none=True)
@@ -339,7 +359,7 @@ def train(cfg: TrainConfig) -> Path:
                            ckpt.with_suffix(".tmp"))
                 ckpt.with_suffix(".tmp").rename(ckpt)
     bar.close()
-    export(model, cfg, out)
+    export(model.cpu(), cfg, out)
     return out
 
 

@@ -113,3 +113,42 @@ def test_ibm_checkpoint_proposes_like_the_trained_model(tiny_bundle, tiny_llama_
     assert torch.equal(want[0], got[0]) and torch.allclose(want[1], got[1])
     chain = loaded_compact.propose_paths(hidden, last, [1, 1, 1], 1)[0]  # bf16 storage: compare the best chain
     assert chain.shape == (3, 1, 3)
+
+
+def test_sampled_answers_add_distinct_sequences(tiny_llama_dir, text_dir, prompt_file, tmp_path) -> None:
+    cfg = tiny_config(tmp_path, tiny_llama_dir, text_dir, prompt_file, phase2_samples=2,
+                      sample_temperature=1.0, generate_batch_size=3, only="data", phase1_steps=0)
+    train(cfg)
+    read = lambda name: [json.loads(line) for line in (tmp_path / "cache" / name).read_text().splitlines()]  # noqa: E731
+    greedy, sampled = read("phase2_answers.jsonl"), read("phase2_samples.jsonl")
+    assert len(sampled) == 2 * len(greedy)
+    # two rounds over the prompts, in the greedy answers' order
+    assert [r["prompt_ids"] for r in sampled] == [r["prompt_ids"] for r in greedy] * 2
+    assert sum(s["response_ids"] != g["response_ids"] for s, g in zip(sampled, greedy * 2)) >= len(greedy)
+    shards = sorted((tmp_path / "cache" / "phase2").glob("shard_*.pt"))
+    assert sum(int(torch.load(p)["lengths"].numel()) for p in shards) == sum(
+        len(r["response_ids"]) >= 2 for r in greedy + sampled)
+
+
+def test_sampled_answers_need_a_temperature(tmp_path) -> None:
+    with pytest.raises(ValueError, match="sample-temperature"):
+        TrainConfig(out=str(tmp_path), phase2_samples=1, sample_temperature=0.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pipeline_on_cuda(tiny_llama_dir, tiny_bundle, text_dir, prompt_file, tmp_path) -> None:
+    from specserve.engine.model_setup import load_bundle
+
+    cfg = tiny_config(tmp_path, tiny_llama_dir, text_dir, prompt_file, device="cuda", phase2_samples=1,
+                      generate_cuda_graphs=True, generate_batch_size=4, phase1_steps=8, phase2_steps=2)
+    train(cfg)
+    log = read_log(tmp_path)
+    assert len(log) == 10 and log[7]["loss"] < log[0]["loss"]
+    assert load_mlp_speculator(tmp_path / "ibm").vocab_map.device.type == "cpu"
+    # the labels: greedy tokens from the CUDA pass agree with the CPU pass on the same weights
+    seqs = [json.loads(line) for line in (tmp_path / "cache" / "phase2_samples.jsonl").read_text().splitlines()]
+    seqs = [r["prompt_ids"] + r["response_ids"] for r in seqs][:4]
+    _, on_gpu = HiddenStateExtractor(load_bundle(str(tiny_llama_dir), "float32", "cuda").model).run(seqs)
+    _, on_cpu = HiddenStateExtractor(tiny_bundle.model).run(seqs)
+    assert on_gpu.device.type == "cpu" and float((on_gpu == on_cpu).float().mean()) > 0.99
