@@ -145,8 +145,23 @@ policy2)
   done
   stage profile 60 $PY benchmarks/gpu_step_profile.py --tokens 48 --requests 8
   ;;
+warmup)
+  # Session 9, after the start-up warm-up of the attention kernel's tile heights: the GPU tests, then
+  # session 8's short runs (where compiles in mid-run cost most) and the longer ones, eager and graphed.
+  join_gguf
+  stage gpu_tests 100 $PY -m pytest -p no:cacheprovider -q -m gpu tests/attention/test_triton_paged.py
+  stage throughput_short 70 $PY -m specserve.cli bench throughput --device cuda --dtype bfloat16 \
+    --configs off,auto --speculator default+ngram --concurrency 1,8,32 --num-requests 32 --max-tokens 32 \
+    --kv-cache-memory 4GiB --json "$RESULTS/throughput_short.json"
+  stage throughput_long 70 $PY -m specserve.cli bench throughput --device cuda --dtype bfloat16 \
+    --configs off,auto --speculator default+ngram --concurrency 8,32 --num-requests 64 --max-tokens 128 \
+    --kv-cache-memory 4GiB --json "$RESULTS/throughput_long.json"
+  stage throughput_graphs 60 $PY -m specserve.cli bench throughput --device cuda --dtype bfloat16 --cuda-graphs \
+    --configs off,auto --speculator default+ngram --concurrency 1,8,32 --num-requests 32 --max-tokens 64 \
+    --kv-cache-memory 4GiB --json "$RESULTS/throughput_graphs.json"
+  ;;
 *)
-  echo "usage: $0 part1|run|policy|train|policy2"; exit 2 ;;
+  echo "usage: $0 part1|run|policy|train|policy2|warmup"; exit 2 ;;
 esac
 echo "gpu_speculation $1: $([ $status -eq 0 ] && echo all stages passed || echo some stages FAILED)" | tee -a "$LOG"
 exit $status

@@ -76,6 +76,24 @@ def tile_rows(query_lens: list[int], num_queries_per_kv: int) -> tuple[int, list
     return block_m, work_req, work_row0
 
 
+def warmup_query_lens(num_queries_per_kv: int) -> list[int]:
+    """One request's query length for each tile height (BLOCK_M) the kernel is compiled for.
+
+    Decode steps use the smallest tile, draft verification the middle ones, prefill chunks the
+    largest. Running each once at start-up compiles them all, so that the first step that drafts
+    does not stall the batch on a compile (about a second) in the middle of serving.
+    """
+    lens, heights = [], set()
+    q = 1
+    while MAX_BLOCK_M not in heights:
+        height = tile_rows([q], num_queries_per_kv)[0]
+        if height not in heights:
+            heights.add(height)
+            lens.append(q)
+        q += 1
+    return lens
+
+
 def build_plan(md: AttentionMetadata, num_queries_per_kv: int, device: torch.device) -> TritonPlan:
     query_lens = [md.query_len(i) for i in range(md.num_reqs)]
     block_m, work_req, work_row0 = tile_rows(query_lens, num_queries_per_kv)
@@ -151,7 +169,9 @@ _paged_attention_kernel: Any = None
 
 if HAS_TRITON:
 
-    @triton.jit
+    # The block-table stride is the widest table of the step, which moves as contexts grow: specialised
+    # (Triton does so for ints divisible by 16 or equal to 1), each new class would compile mid-serve.
+    @triton.jit(do_not_specialize=["stride_bt"])
     def _paged_attention_kernel(  # type: ignore[no-redef]
         Q, K, V, O, BlockTables, WorkReq, WorkRow0, QStart, QLen, SeqLen, MaskOffset, Masks, scale,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_bt,

@@ -96,6 +96,7 @@ def load_engine_model(config: EngineConfig, bundle: ModelBundle | None = None) -
         decoder, depth, candidates = build_spec_decoder(config.spec, bundle.model, bundle.model_dir,
                                                         bundle.dtype, bundle.device)
         runner.attach_speculator(decoder, depth, candidates)
+    runner.warm_up_attention()
     if config.cuda_graphs and not runner.enable_cuda_graphs(config.scheduler.max_num_seqs, max_model_len):
         raise ValueError("cuda_graphs needs a CUDA device and Triton (pip install triton)")
     return LoadedModel(bundle, runner, num_blocks, max_model_len)

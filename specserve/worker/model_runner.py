@@ -70,6 +70,38 @@ class ModelRunner:
         self._tell_policy_about_graphs()
         return True
 
+    def warm_up_attention(self) -> int:
+        """On CUDA with Triton, compile every attention tile height now (see
+        triton_paged.warmup_query_lens); returns the forward passes run (0 elsewhere)."""
+        from specserve.attention.triton_paged import HAS_TRITON, warmup_query_lens
+
+        if self.device.type != "cuda" or not HAS_TRITON:
+            return 0
+        arch = self.model.arch
+        return self.run_warmup_forwards(warmup_query_lens(arch.num_heads // arch.num_kv_heads))
+
+    @torch.inference_mode()
+    def run_warmup_forwards(self, query_lens: list[int]) -> int:
+        """One throwaway forward per length, as a prompt at the start of the first blocks, which no
+        request holds yet; those blocks are zeroed afterwards."""
+        from specserve.attention.metadata import AttentionMetadata
+
+        runs = 0
+        for q in query_lens:
+            num = -(-q // self.block_size)
+            if num > self.num_blocks:
+                continue
+            runs += 1
+            md = AttentionMetadata(slot_mapping=torch.arange(q, device=self.device), query_start_loc=[0, q],
+                                   seq_lens=[q], block_tables=torch.arange(num, device=self.device).view(1, num),
+                                   block_size=self.block_size)
+            self.model(torch.zeros(q, dtype=torch.long, device=self.device), torch.arange(q, device=self.device),
+                       self.kv_caches, md)
+            for k_cache, v_cache in self.kv_caches:
+                k_cache[:num].zero_()
+                v_cache[:num].zero_()
+        return runs
+
     def _tell_policy_about_graphs(self) -> None:
         # The policy times replayed plain steps apart from eager ones (spec/policy.py).
         if self.spec is not None and self.cuda_graphs is not None:

@@ -136,6 +136,32 @@ def test_tiles_cover_every_row_once(query_lens: list[int], group: int, block_m: 
     assert covered == expected
 
 
+@pytest.mark.parametrize("group", [1, 3, 4, 16, 48])
+def test_warmup_lengths_reach_every_tile_height(group: int) -> None:
+    lens = triton_paged.warmup_query_lens(group)
+    heights = [tile_rows([q], group)[0] for q in lens]
+    assert heights == sorted(set(heights))  # each height once
+    assert set(heights) == {tile_rows([q], group)[0] for q in range(1, 200)}  # and every height there is
+
+
+def test_warmup_forwards_leave_the_cache_clean(tiny_llama_dir, tiny_bundle) -> None:
+    """The start-up forwards write KV into blocks no request holds yet, zero them, and change nothing
+    a request then sees; on the CPU the engine skips them altogether."""
+    from specserve import LLM, SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    prompts = ["The quick brown fox", "1, 2, 3,"]
+    fresh = LLM(bundle=tiny_bundle, max_num_seqs=4)
+    runner = fresh.engine.runner
+    assert runner.warm_up_attention() == 0  # CPU: nothing to compile
+    expected = [o.outputs[0].token_ids for o in fresh.generate(prompts, params)]
+    warmed = LLM(bundle=tiny_bundle, max_num_seqs=4)
+    assert warmed.engine.runner.run_warmup_forwards([1, 6, 40]) == 3
+    assert all(not k.any() and not v.any() for k, v in warmed.engine.runner.kv_caches)
+    assert [o.outputs[0].token_ids for o in warmed.generate(prompts, params)] == expected
+    assert warmed.engine.kv.num_used_blocks == 0
+
+
 def test_plan_packs_masks_and_offsets() -> None:
     q, k, v, md = make_case(*CASES[1])
     plan = build_plan(md, 6, torch.device("cpu"))
@@ -324,3 +350,26 @@ def test_gpu_engine_greedy_matches_cpu(tiny_llama_dir, tiny_bundle, tmp_path) ->
             llm = LLM(bundle=cuda_bundle, device="cuda", max_num_seqs=8, cuda_graphs=graphs, **extra)
             assert (llm.engine.runner.cuda_graphs is not None) == graphs
             assert greedy(llm) == expected, (graphs, spec)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_no_compile_after_warmup(tiny_bundle, tiny_llama_dir) -> None:
+    """After the engine's start-up warm-up, serving (prefill, decode, verification of drafts, growing
+    block tables) compiles no new variant of the attention kernel."""
+    from specserve import LLM, SamplingParams
+    from specserve.engine.model_setup import load_bundle
+
+    def compiled_variants() -> int:  # Triton 3.x: device -> (kernel cache, ...) per device
+        caches = getattr(triton_paged._paged_attention_kernel, "device_caches", None)
+        if caches is None:
+            pytest.skip("this Triton keeps its compiled kernels elsewhere")
+        return sum(len(entry[0]) for entry in caches.values())
+
+    llm = LLM(bundle=load_bundle(str(tiny_llama_dir), "float32", "cuda"), device="cuda", max_num_seqs=8,
+              speculator="ngram", speculation="on")
+    compiled = compiled_variants()
+    assert compiled >= 1
+    llm.generate(["1, 2, 3, 4, 5, 6, 7, 8, 9, 10," * 6, "Hello"],
+                 SamplingParams(temperature=0, max_tokens=80, ignore_eos=True))
+    assert compiled_variants() == compiled
