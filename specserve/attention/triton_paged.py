@@ -94,6 +94,18 @@ def warmup_query_lens(num_queries_per_kv: int) -> list[int]:
     return lens
 
 
+def aligned_int32(arrays: list[list[int]], device: torch.device) -> list[torch.Tensor]:
+    """Small int32 arrays in one host-to-device copy, each starting on a 16-byte boundary.
+
+    Triton specialises a pointer argument on whether it is 16-byte aligned; views packed back to back
+    would be aligned or not depending on the batch's request and tile counts, and every new pattern
+    would compile the kernel again in the middle of serving.
+    """
+    padded = [a + [0] * (-len(a) % 4) for a in arrays]
+    flat = torch.tensor([x for a in padded for x in a], dtype=torch.int32).to(device, non_blocking=True)
+    return [part[:len(a)] for part, a in zip(flat.split([len(p) for p in padded]), arrays)]
+
+
 def build_plan(md: AttentionMetadata, num_queries_per_kv: int, device: torch.device) -> TritonPlan:
     query_lens = [md.query_len(i) for i in range(md.num_reqs)]
     block_m, work_req, work_row0 = tile_rows(query_lens, num_queries_per_kv)
@@ -109,11 +121,8 @@ def build_plan(md: AttentionMetadata, num_queries_per_kv: int, device: torch.dev
         offsets.append(total)
         packed.append(custom.reshape(-1).to(torch.int8).cpu())
         total += q * q
-    num_work, num_reqs = len(work_req), md.num_reqs
-    # One host-to-device copy for all the small integer arrays.
-    ints = torch.tensor(work_req + work_row0 + md.query_start_loc[:-1] + query_lens + list(md.seq_lens)
-                        + offsets, dtype=torch.int32).to(device, non_blocking=True)
-    parts = ints.split([num_work, num_work, num_reqs, num_reqs, num_reqs, num_reqs])
+    parts = aligned_int32([work_req, work_row0, md.query_start_loc[:-1], query_lens, list(md.seq_lens), offsets],
+                          device)
     masks = torch.cat(packed).to(device) if packed else torch.zeros(1, dtype=torch.int8, device=device)
     return TritonPlan(work_req=parts[0], work_row0=parts[1], q_start=parts[2], q_len=parts[3],
                       seq_len=parts[4], mask_offset=parts[5], masks=masks,

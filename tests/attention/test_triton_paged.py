@@ -162,6 +162,18 @@ def test_warmup_forwards_leave_the_cache_clean(tiny_llama_dir, tiny_bundle) -> N
     assert warmed.engine.kv.num_used_blocks == 0
 
 
+@pytest.mark.parametrize("num_reqs", [1, 2, 3, 5, 8])
+def test_plan_arrays_start_aligned(num_reqs: int) -> None:
+    """Every integer array the kernel reads starts on a 16-byte boundary whatever the batch's counts
+    (Triton compiles one variant per alignment pattern of its pointer arguments)."""
+    q, k, v, md = make_case([(7 + i, 1 + i % 3, False) for i in range(num_reqs)], 16, (9, 3), 64)
+    plan = triton_paged.build_plan(md, 3, torch.device("cpu"))
+    for name in ("work_req", "work_row0", "q_start", "q_len", "seq_len", "mask_offset"):
+        assert getattr(plan, name).data_ptr() % 16 == 0, name
+    assert plan.q_len.tolist() == [1 + i % 3 for i in range(num_reqs)]
+    assert plan.seq_len.tolist() == list(md.seq_lens)
+
+
 def test_plan_packs_masks_and_offsets() -> None:
     q, k, v, md = make_case(*CASES[1])
     plan = build_plan(md, 6, torch.device("cpu"))
