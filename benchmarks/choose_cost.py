@@ -1,7 +1,9 @@
 """What `SpeculationPolicy.choose` costs per step, at 1, 8 and 32 requests, on simulated steps.
 
-Acceptance 0.6 per draft position, step time 20 ms + 0.5 ms per batched token; 600 steps, the
-first 100 not timed. Run the same file against another checkout's code to compare:
+Acceptance 0.6 per draft position; 600 steps, the first 100 not timed. Two machines: step time 20 ms
++ 0.5 ms per batched token (the CPU, where drafting pays), and plain steps replayed as CUDA graphs at
+2.5 ms + 0.05 ms per token against eager drafting steps at 12 ms + 0.1 ms per token (the H200, where
+plain steps win). Run the same file against another checkout's code to compare:
 
     python benchmarks/choose_cost.py
     (cd OTHER && PYTHONPATH=. python /path/to/benchmarks/choose_cost.py)
@@ -18,9 +20,19 @@ STEPS = 600
 UNTIMED = 100
 
 
-def choose_seconds(batch: int) -> float:
+def cpu_seconds(tokens: int, graphed: bool) -> float:
+    return 0.02 + 0.0005 * tokens
+
+
+def graphs_seconds(tokens: int, graphed: bool) -> float:
+    return 0.0025 + 0.00005 * tokens if graphed else 0.012 + 0.0001 * tokens
+
+
+def choose_seconds(batch: int, step_seconds=cpu_seconds) -> float:
     rng = random.Random(0)
     policy = SpeculationPolicy("auto", max_depth=5, max_candidates=5)
+    graphs = step_seconds is graphs_seconds
+    policy.graph_max_batch = 32 if graphs else 0
     ids = [f"r{i}" for i in range(batch)]
     policy.observe_step(100 * batch, 0.05, decode_only=False)
     total = 0.0
@@ -39,13 +51,15 @@ def choose_seconds(batch: int) -> float:
             if level.depth:
                 policy.observe_request(rid, level, 1 + accepted, nodes)
             emitted += 1 + accepted
-        seconds = 0.02 + 0.0005 * tokens
-        policy.observe_step(tokens, seconds)
+        graphed = graphs and tokens == batch
+        seconds = step_seconds(tokens, graphed)
+        policy.observe_step(tokens, seconds, graphed=graphed)
         if hasattr(policy, "observe_outcome"):  # absent before session 8
             policy.observe_outcome(batch, any(level.depth for level in levels), emitted, seconds)
     return total / (STEPS - UNTIMED)
 
 
 if __name__ == "__main__":
-    for batch in (1, 8, 32):
-        print(f"{batch} requests: {1e6 * choose_seconds(batch):.0f} us per choose")
+    for name, step_seconds in (("drafting pays (CPU)", cpu_seconds), ("plain steps win (CUDA graphs)", graphs_seconds)):
+        for batch in (1, 8, 32):
+            print(f"{name}, {batch} requests: {1e6 * choose_seconds(batch, step_seconds):.0f} us per choose")

@@ -88,6 +88,11 @@ RETIME_WITHIN = 0.5
 # it, so it must not go stale, but each such step gives up a drafting step's gain (at 128 the simulated
 # one-request goodput fell from 0.989x to 0.975x of the best fixed depth).
 PLAIN_RETIME_AFTER = 512
+# While plain steps win by a margin, the decision is kept for the same requests until the next
+# exploration step instead of being priced again: without drafts no acceptance figure moves, and step
+# times move every level's price by the same machine-speed factor. Pricing costs ~0.1-0.3 ms per step
+# (8-32 requests), a tenth of a CUDA-graph decode step. The margin covers a plain size being re-timed.
+PLAIN_STREAK_MARGIN = 0.9
 
 
 class StepCostModel:
@@ -236,6 +241,8 @@ class SpeculationPolicy:
         # EMA of accepted drafts per draft token, all requests; from every draft accepted, as above.
         self.global_rate = 1.0
         self._step = 0
+        self._plain_streak: tuple[tuple[str, ...], int] | None = None  # (requests, other tokens) kept plain
+        self.num_priced_steps = 0  # choose calls that priced every level (the others kept a plain streak)
         self.last_level: Level = self.levels[-1]
         self.outcome = DraftingOutcomeCheck()  # what drafting delivered against the plain prediction
 
@@ -341,6 +348,12 @@ class SpeculationPolicy:
         self._step += 1
         if self._step % (4 * self.explore_every) == 0:
             self.request_rate.clear()  # let requests that sat out try again
+        if (self._plain_streak == (tuple(request_ids), num_other_tokens)
+                and self._step % self.explore_every != 0):
+            self.last_level = self.levels[0]
+            return [self.levels[0]] * len(request_ids)
+        self._plain_streak = None
+        self.num_priced_steps += 1
         active = [rid for rid in request_ids if self.request_rate.get(rid, 1.0) >= MIN_RATE]
         num_idle = len(request_ids) - len(active)
         best_level, best_rate, plain_rate = self.levels[0], -1.0, 0.0
@@ -383,9 +396,13 @@ class SpeculationPolicy:
             elif retime:
                 best_level = max(retime, key=lambda level: rates[level])
             elif (rates[candidate] >= EXPLORE_WITHIN * rates[best_level]
-                    or (self.cost.age(sizes[candidate]) >= RETIME_AFTER
+                    or (self.cost.age(sizes[candidate], plain_graphed and candidate.depth == 0) >= RETIME_AFTER
                         and rates[candidate] >= RETIME_WITHIN * rates[best_level])):
                 best_level = candidate
+        elif best_level.depth == 0 and rates:
+            best_drafting = max((rate for level, rate in rates.items() if level.depth), default=0.0)
+            if best_drafting < PLAIN_STREAK_MARGIN * MIN_GAIN * plain_rate:
+                self._plain_streak = (tuple(request_ids), num_other_tokens)
         if best_level.depth:
             if self.outcome.holds(len(request_ids)):
                 best_level = self.levels[0]  # drafting at this batch size delivered less than plain steps

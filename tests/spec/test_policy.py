@@ -283,3 +283,42 @@ def test_batches_that_come_and_go_keep_graphed_and_eager_timings_apart() -> None
             for rid in ids:
                 policy.release(rid)
     assert alone_tokens / alone_seconds >= 0.9 / gpu_graphed(1)
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_plain_streak_decides_as_pricing_every_step_would(graphs: bool, monkeypatch) -> None:
+    """Where plain steps win, the policy keeps its plain decision for the same requests until the next
+    exploration step instead of pricing every level each step. It must decide exactly as pricing every
+    step does (the streak off: a margin of 0) while batches come and go (32 requests, where plain
+    steps win, then one, where drafting does), and price far fewer steps."""
+    import specserve.spec.policy as policy_module
+
+    def cost(n: int) -> float:  # one request's drafts nearly free, 32 requests' a loss
+        return 0.010 + 0.0015 * n
+
+    def run(margin: float) -> tuple[list[Level], int]:
+        monkeypatch.setattr(policy_module, "PLAIN_STREAK_MARGIN", margin)
+        rng = random.Random(2)
+        policy = SpeculationPolicy("auto", max_depth=5, max_candidates=3)
+        policy.graph_max_batch = 32 if graphs else 0
+        policy.observe_step(3200, cost(3200), decode_only=False)
+        decisions = []
+        for round_, batch in enumerate([32, 1, 32, 1, 32]):
+            ids = [f"r{round_}-{i}" for i in range(batch)]
+            for _ in range(100):
+                levels = policy.choose(ids)
+                decisions.append(levels)
+                tokens, _ = draft_step(policy, ids, levels, rng, 0.6)
+                graphed = tokens == batch <= policy.graph_max_batch
+                policy.observe_step(tokens, cost(tokens) * (0.3 if graphed else 1.0), graphed=graphed)
+            for rid in ids:
+                policy.release(rid)
+        return decisions, policy.num_priced_steps
+
+    with_streak, priced = run(policy_module.PLAIN_STREAK_MARGIN)
+    every_step, priced_all = run(0.0)
+    assert with_streak == every_step
+    assert priced_all == 500 and priced <= 500 // 2
+    alone = [levels[0].depth for levels in with_streak if len(levels) == 1]
+    full = [levels[0].depth for levels in with_streak if len(levels) == 32]
+    assert sum(d > 0 for d in alone) > len(alone) // 2 and sum(d > 0 for d in full) < len(full) // 8
