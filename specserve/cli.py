@@ -170,7 +170,7 @@ def cmd_train_speculator(args: argparse.Namespace) -> int:
         out=args.out, model=args.model, arch=args.arch, n_predict=args.n_predict, inner_dim=args.inner_dim,
         head_vocab_size=args.head_vocab, tie_weights=not args.no_tie, head_init=args.head_init, phase1_data=tuple(args.phase1_data or ()),
         phase1_max_chars=args.phase1_max_chars, phase1_max_tokens=args.phase1_max_tokens,
-        generate_dtype=args.generate_dtype, phase2_prompts=args.phase2_prompts or "",
+        generate_dtype=args.generate_dtype, phase2_prompts=tuple(args.phase2_prompts or ()),
         phase2_num_prompts=args.phase2_num_prompts, max_new_tokens=args.max_new_tokens,
         phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps, seqs_per_step=args.seqs_per_step,
         micro_batches=args.micro_batches, lr=args.lr, seed=args.seed, resume=args.resume, only=args.only,
@@ -206,7 +206,9 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--phase1-max-tokens", type=int, default=0, help="phase-1 tokens used (0 = all read)")
     train.add_argument("--generate-dtype", default="bfloat16", choices=["float32", "bfloat16"],
                        help="dtype of the engine writing phase-2 answers (labels are float32 either way)")
-    train.add_argument("--phase2-prompts", default=None, help=".jsonl of {\"prompt\"} (default: shipped train split)")
+    train.add_argument("--phase2-prompts", nargs="+", default=None,
+                       help=".jsonl files of {\"prompt\"} (default: shipped train split); a file added later "
+                            "keeps the earlier files' cached answers and shards")
     train.add_argument("--phase2-num-prompts", type=int, default=0, help="0 = every prompt")
     train.add_argument("--phase2-samples", type=int, default=0,
                        help="extra answers per prompt, sampled (labels stay the model's greedy tokens)")

@@ -78,12 +78,14 @@ def make_shard(extractor: HiddenStateExtractor, seqs: list[list[int]],
 
 
 def write_shards(extractor: HiddenStateExtractor, seqs: list[list[int]], out_dir: Path, batch_size: int,
-                 masks: list[list[bool]] | None = None, progress: object | None = None) -> list[Path]:
-    """Cache shards of ``batch_size`` sequences; shards already on disk are kept (resume)."""
+                 masks: list[list[bool]] | None = None, progress: object | None = None,
+                 first_index: int = 0) -> list[Path]:
+    """Cache shards of ``batch_size`` sequences, numbered from ``first_index``; shards already on disk
+    are kept (resume)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for start in range(0, len(seqs), batch_size):
-        path = out_dir / f"shard_{start // batch_size:05d}.pt"
+        path = out_dir / f"shard_{first_index + start // batch_size:05d}.pt"
         if not path.exists():
             shard = make_shard(extractor, seqs[start:start + batch_size],
                                None if masks is None else masks[start:start + batch_size])

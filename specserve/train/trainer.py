@@ -54,7 +54,7 @@ class TrainConfig:
     phase1_max_tokens: int = 0  # 0 = every chunk; else the first chunks only (a prefix: cached shards stay valid)
     phase1_dtype: str = "bfloat16"
     chunk_len: int = 256
-    phase2_prompts: str = ""  # empty = the shipped training split
+    phase2_prompts: tuple[str, ...] = ()  # prompt files; empty = the shipped training split
     phase2_num_prompts: int = 0  # 0 = all
     max_new_tokens: int = 192
     generate_dtype: str = "bfloat16"  # answers only; their hidden states and labels come from float32
@@ -113,16 +113,33 @@ def prepare_phase1(cfg: TrainConfig, cache: Path) -> list[Path]:
     return paths
 
 
+def phase2_conversations(cfg: TrainConfig) -> list[list[list[dict[str, str]]]]:
+    """The prompts of each file, shuffled with the seed file by file (so a file added later leaves the
+    earlier files' order, and with it their cached answers and shards, as they were); at most
+    ``phase2_num_prompts`` in all."""
+    groups, left = [], cfg.phase2_num_prompts or None
+    for path in cfg.phase2_prompts or (str(train_data.default_prompt_file("train")),):
+        convs = train_data.load_prompts(path)
+        random.Random(cfg.seed).shuffle(convs)
+        groups.append(convs[:left])
+        if left is not None:
+            left -= len(groups[-1])
+    return [g for g in groups if g]
+
+
 def prepare_phase2(cfg: TrainConfig, cache: Path, bundle: Any) -> list[Path]:
+    """Answers, then hidden-state shards. Each group of answers (a prompt file's, then the sampled
+    rounds) is sorted by length and sharded on its own, numbered on from the group before: shards
+    already on disk stay valid when prompts are added, and only the new ones are computed."""
     from specserve.engine.model_setup import load_bundle
 
+    groups = phase2_conversations(cfg)
+    convs = [conv for group in groups for conv in group]
     done = cache / "phase2" / "DONE"
-    if done.exists():
+    expected = len(convs) * (1 + cfg.phase2_samples)
+    if done.exists() and json.loads(done.read_text()).get("answers") == expected:
         return sorted((cache / "phase2").glob("shard_*.pt"))
-    convs = train_data.load_prompts(cfg.phase2_prompts or train_data.default_prompt_file("train"))
-    random.Random(cfg.seed).shuffle(convs)
-    convs = convs[:cfg.phase2_num_prompts or None]
-    bar = tqdm(total=len(convs) * (1 + cfg.phase2_samples), desc="phase-2 answers", unit="prompt")
+    bar = tqdm(total=expected, desc="phase-2 answers", unit="prompt")
     gen_bundle = bundle if cfg.generate_dtype == "float32" else load_bundle(cfg.model, cfg.generate_dtype, cfg.device)
     answer = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generate_batch_size, progress=bar,
                   cuda_graphs=cfg.generate_cuda_graphs, requests_per_write=max(256, 4 * cfg.generate_batch_size))
@@ -135,13 +152,21 @@ def prepare_phase2(cfg: TrainConfig, cache: Path, bundle: Any) -> list[Path]:
     bar.close()
     if cfg.only == "generate":
         return []
-    seqs, masks = phase2_sequences(rows)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a shard: less padding
-    seqs, masks = [seqs[i] for i in order], [masks[i] for i in order]
-    bar = tqdm(total=sum(len(s) for s in seqs), desc="phase-2 hidden states", unit="tok")
-    paths = write_shards(HiddenStateExtractor(bundle.model), seqs, cache / "phase2", cfg.seqs_per_step, masks, bar)
+    bounds = [0]
+    for size in [len(g) for g in groups] + [len(convs)] * cfg.phase2_samples:
+        bounds.append(bounds[-1] + size)
+    extractor = HiddenStateExtractor(bundle.model)
+    paths: list[Path] = []
+    num_seqs = 0
+    bar = tqdm(desc="phase-2 hidden states", unit="tok")
+    for lo, hi in zip(bounds, bounds[1:]):
+        seqs, masks = phase2_sequences(rows[lo:hi])
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a shard: less padding
+        paths += write_shards(extractor, [seqs[i] for i in order], cache / "phase2", cfg.seqs_per_step,
+                              [masks[i] for i in order], bar, first_index=len(paths))
+        num_seqs += len(seqs)
     bar.close()
-    done.write_text(json.dumps({"answers": len(rows), "sequences": len(seqs)}))
+    done.write_text(json.dumps({"answers": len(rows), "sequences": num_seqs}))
     return paths
 
 

@@ -35,7 +35,7 @@ def prompt_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_config(out: Path, tiny_llama_dir: Path, text_dir: Path, prompt_file: Path, **kw: object) -> TrainConfig:
     base = dict(out=str(out), model=str(tiny_llama_dir), head_vocab_size=512, phase1_data=(str(text_dir),),
-                phase1_max_chars=20_000, phase1_dtype="float32", chunk_len=64, phase2_prompts=str(prompt_file),
+                phase1_max_chars=20_000, phase1_dtype="float32", chunk_len=64, phase2_prompts=(str(prompt_file),),
                 max_new_tokens=24, phase1_steps=12, phase2_steps=4, seqs_per_step=4, lr=3e-3, warmup_steps=2,
                 checkpoint_every=5, eval_every=4)
     return TrainConfig(**{**base, **kw})  # type: ignore[arg-type]
@@ -152,3 +152,24 @@ def test_pipeline_on_cuda(tiny_llama_dir, tiny_bundle, text_dir, prompt_file, tm
     _, on_gpu = HiddenStateExtractor(load_bundle(str(tiny_llama_dir), "float32", "cuda").model).run(seqs)
     _, on_cpu = HiddenStateExtractor(tiny_bundle.model).run(seqs)
     assert on_gpu.device.type == "cpu" and float((on_gpu == on_cpu).float().mean()) > 0.99
+
+
+def test_an_added_prompt_file_keeps_earlier_answers_and_shards(tiny_llama_dir, text_dir, prompt_file, tmp_path) -> None:
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps({"prompt": f"Name {n} colours of the sea."}) + "\n" for n in range(2, 9)))
+    out = tmp_path / "run"
+    train(tiny_config(out, tiny_llama_dir, text_dir, prompt_file, phase1_steps=0, only="data"))
+    shard_dir = out / "cache" / "phase2"
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in shard_dir.glob("shard_*.pt")}
+    answers = (out / "cache" / "phase2_answers.jsonl").read_text()
+    train(tiny_config(out, tiny_llama_dir, text_dir, prompt_file, phase1_steps=0, only="data",
+                      phase2_prompts=(str(prompt_file), str(extra))))
+    assert (out / "cache" / "phase2_answers.jsonl").read_text().startswith(answers)  # answered once
+    after = sorted(shard_dir.glob("shard_*.pt"))
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in after if p.name in before} == before
+    new = [p for p in after if p.name not in before]
+    assert [p.name for p in after] == [f"shard_{i:05d}.pt" for i in range(len(after))] and new
+    extra_ids = {tuple(torch.load(p)["input_ids"][i, :n].tolist()) for p in new
+                 for i, n in enumerate(torch.load(p)["lengths"].tolist())}
+    assert len(extra_ids) == 7  # the new shards hold the added file's 7 answers, and nothing else
+    assert json.loads((shard_dir / "DONE").read_text())["answers"] == 2 * len(PROMPTS) + 7
