@@ -95,6 +95,15 @@ PLAIN_RETIME_AFTER = 512
 PLAIN_STREAK_MARGIN = 0.9
 
 
+@dataclass
+class BucketTiming:
+    """What the cost model knows of one (kind of step, bucket of batched tokens)."""
+
+    shape: float  # seconds at speed 1 (EMA over the steps that switched into this bucket)
+    timings: int  # how many such steps set it
+    set_at: int  # the cost model's decode-step count when it was last set
+
+
 class StepCostModel:
     """Step seconds as a function of batched tokens: a machine-speed factor times a cost shape.
 
@@ -126,13 +135,11 @@ class StepCostModel:
     PREFILL_DECAY = 0.6  # per prefill step, for the per-token rate that extrapolates past the buckets
 
     def __init__(self) -> None:
-        # graphed -> bucket lower edge -> seconds at speed 1, decode steps only
-        self.shape: dict[bool, dict[int, float]] = {False: {}, True: {}}
+        # graphed -> bucket lower edge -> its timing, decode steps only
+        self.records: dict[bool, dict[int, BucketTiming]] = {False: {}, True: {}}
         self.speed = 1.0
         self.last_key: tuple[bool, int] | None = None  # the key of the latest decode step
-        self.timings: dict[tuple[bool, int], int] = {}  # per key, the steps that set its shape (switches into it)
         self.num_steps = 0  # decode steps observed
-        self.set_at: dict[tuple[bool, int], int] = {}  # per key, num_steps when its shape was last set
         self.prefill_token_shape: float | None = None  # seconds per prefill token at speed 1 (>= 16 tokens)
         self.warmed_up = False  # the first decode step is not timed (see observe)
 
@@ -147,12 +154,12 @@ class StepCostModel:
     @property
     def buckets(self) -> dict[int, float]:
         """Predicted seconds per bucket of eager steps at the current speed."""
-        return {key: self.speed * value for key, value in self.shape[False].items()}
+        return {key: self.speed * record.shape for key, record in self.records[False].items()}
 
     @property
     def graph_buckets(self) -> dict[int, float]:
         """Predicted seconds per bucket of steps replayed as CUDA graphs at the current speed."""
-        return {key: self.speed * value for key, value in self.shape[True].items()}
+        return {key: self.speed * record.shape for key, record in self.records[True].items()}
 
     def observe(self, num_tokens: int, seconds: float, decode_only: bool = True, graphed: bool = False) -> None:
         if not decode_only:
@@ -168,50 +175,53 @@ class StepCostModel:
             return
         key = (graphed, self.bucket(num_tokens))
         self.num_steps += 1
-        shapes = self.shape[graphed]
-        if key != self.last_key:
-            shapes[key[1]] = ema(shapes.get(key[1]), seconds / self.speed, self.SWITCH_DECAY)
-            self.timings[key] = self.timings.get(key, 0) + 1
-            self.set_at[key] = self.num_steps
-        self.speed = ema(self.speed, seconds / shapes[key[1]], self.SPEED_DECAY)
+        record = self.records[graphed].get(key[1])
+        if record is None:
+            record = self.records[graphed][key[1]] = BucketTiming(seconds / self.speed, 1, self.num_steps)
+        elif key != self.last_key:
+            record.shape = ema(record.shape, seconds / self.speed, self.SWITCH_DECAY)
+            record.timings += 1
+            record.set_at = self.num_steps
+        self.speed = ema(self.speed, seconds / record.shape, self.SPEED_DECAY)
         self.last_key = key
 
     def num_timings(self, num_tokens: int, graphed: bool = False) -> int:
         """How many times this size's bucket was timed right after another (what sets its shape)."""
-        return self.timings.get((graphed, self.bucket(num_tokens)), 0)
+        record = self.records[graphed].get(self.bucket(num_tokens))
+        return 0 if record is None else record.timings
 
     def age(self, num_tokens: int, graphed: bool = False) -> int:
         """Decode steps since this size's shape was last set (0 if it never was: it is interpolated)."""
-        key = (graphed, self.bucket(num_tokens))
-        return self.num_steps - self.set_at[key] if key in self.set_at else 0
+        record = self.records[graphed].get(self.bucket(num_tokens))
+        return 0 if record is None else self.num_steps - record.set_at
 
     def predict(self, num_tokens: int, graphed: bool = False) -> float | None:
         """``graphed``: a step replayed as a CUDA graph. Of a kind never timed, the other kind stands in:
         eager steps are timed only once something drafts, and until then are priced as replayed ones
         (optimistic, so that speculation is tried once and timed)."""
-        shapes = self.shape[graphed] or self.shape[not graphed]
-        shape = self._predict_shape(shapes, num_tokens)
+        records = self.records[graphed] or self.records[not graphed]
+        shape = self._predict_shape(records, num_tokens)
         return None if shape is None else self.speed * shape
 
-    def _predict_shape(self, shapes: dict[int, float], num_tokens: int) -> float | None:
-        if not shapes:
+    def _predict_shape(self, records: dict[int, BucketTiming], num_tokens: int) -> float | None:
+        if not records:
             return None
-        keys = sorted(shapes)
+        keys = sorted(records)
         n = max(num_tokens, 1)
         pos = bisect.bisect_left(keys, n)
         if pos < len(keys) and keys[pos] == n:
-            return shapes[n]
+            return records[n].shape
         if pos == 0:
-            return shapes[keys[0]]  # fewer tokens than ever seen: at most as costly
+            return records[keys[0]].shape  # fewer tokens than ever seen: at most as costly
         if pos == len(keys):  # beyond what was seen
             last = keys[-1]
-            per_token = shapes[last] / last
+            per_token = records[last].shape / last
             if self.prefill_token_shape is not None:
                 per_token = self.prefill_token_shape
-            return shapes[last] + (n - last) * per_token
+            return records[last].shape + (n - last) * per_token
         lo, hi = keys[pos - 1], keys[pos]
         frac = (n - lo) / (hi - lo)
-        return shapes[lo] + frac * (shapes[hi] - shapes[lo])
+        return records[lo].shape + frac * (records[hi].shape - records[lo].shape)
 
 
 class SpeculationPolicy:
