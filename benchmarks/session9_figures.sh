@@ -14,3 +14,10 @@ bench s9_throughput_float32 throughput --concurrency 1,8,32 --configs off,auto -
 LATENCY="latency --configs off,ngram,mlp,auto --num-prompts 8 --repeats 2 --max-tokens 128 --speculator default+ngram"
 bench s9_latency_float32 $LATENCY --dtype float32
 bench s9_latency_bfloat16 $LATENCY --dtype bfloat16
+# With OLD=path/to/a/checkout/of/250adbd (session 8's code): `auto` against `off` at 8 requests, three
+# rounds, with this code and then with that one (name *_s8code).
+if [ -n "${OLD:-}" ]; then
+  OLD_SUFFIX=_s8code
+  run_both s9_throughput_c8_ab bench throughput --concurrency 8 --configs off,auto --max-tokens 128 \
+    --num-requests 32 --repeats 3 --speculator default+ngram --dtype float32
+fi
