@@ -38,3 +38,16 @@ class AttentionMetadata:
 
     def mask_for(self, i: int) -> torch.Tensor | None:
         return self.custom_masks[i] if self.custom_masks else None
+
+    @classmethod
+    def contiguous_prompts(cls, lens: list[int], block_size: int, device: torch.device) -> AttentionMetadata:
+        """Whole prompts of these lengths on a cache laid out contiguously, outside any block manager:
+        request i owns blocks ``i * blocks_per_seq ...`` (for throwaway forward passes)."""
+        blocks_per_seq = -(-max(lens) // block_size)
+        slots = torch.cat([torch.arange(n) + i * blocks_per_seq * block_size for i, n in enumerate(lens)])
+        query_start_loc = [0]
+        for n in lens:
+            query_start_loc.append(query_start_loc[-1] + n)
+        block_tables = torch.arange(blocks_per_seq * len(lens), device=device).view(len(lens), blocks_per_seq)
+        return cls(slot_mapping=slots.to(device), query_start_loc=query_start_loc, seq_lens=list(lens),
+                   block_tables=block_tables, block_size=block_size)

@@ -43,13 +43,8 @@ class HiddenStateExtractor:
         dev = self.device
         kv = [(torch.zeros(shape, dtype=self.dtype, device=dev), torch.zeros(shape, dtype=self.dtype, device=dev))
               for _ in range(self.arch.num_layers)]
-        slots = torch.cat([torch.arange(n) + i * blocks_per_seq * bs for i, n in enumerate(lens)]).to(dev)
-        query_start_loc = [0]
-        for n in lens:
-            query_start_loc.append(query_start_loc[-1] + n)
-        block_tables = torch.arange(num_blocks, device=dev).view(len(seqs), blocks_per_seq)
-        md = AttentionMetadata(slot_mapping=slots, query_start_loc=query_start_loc, seq_lens=lens,
-                               block_tables=block_tables, block_size=bs)
+        md = AttentionMetadata.contiguous_prompts(lens, bs, dev)
+        query_start_loc = md.query_start_loc
         input_ids = torch.tensor([t for s in seqs for t in s], device=dev)
         positions = torch.cat([torch.arange(n) for n in lens]).to(dev)
         hidden = self.model(input_ids, positions, kv, md)  # [num_tokens, d]
@@ -58,7 +53,7 @@ class HiddenStateExtractor:
         out_h = torch.zeros(len(seqs), max_len, hidden.shape[-1])
         out_g = torch.full((len(seqs), max_len), PAD_ID, dtype=torch.long)
         for i, n in enumerate(lens):
-            out_h[i, :n] = hidden[query_start_loc[i]:query_start_loc[i + 1]].float()
+            out_h[i, :n] = hidden[query_start_loc[i]:query_start_loc[i + 1]]
             out_g[i, :n] = greedy[query_start_loc[i]:query_start_loc[i + 1]]
         return out_h, out_g
 

@@ -102,10 +102,7 @@ class DecodeBuffers:
         real, for running the padded batch eagerly on a path that reads them (CPU tests)."""
         block_m, work_req, work_row0 = triton_paged.tile_rows([1] * size, num_queries_per_kv)
         device = self.input_ids.device
-        ints = torch.tensor(work_req + work_row0 + list(range(size)) + [1] * size + [-1] * size,
-                            dtype=torch.int32, device=device)
-        num_work = len(work_req)
-        parts = ints.split([num_work, num_work, size, size, size])
+        parts = triton_paged.aligned_int32([work_req, work_row0, list(range(size)), [1] * size, [-1] * size], device)
         plan = triton_paged.TritonPlan(
             work_req=parts[0], work_row0=parts[1], q_start=parts[2], q_len=parts[3],
             seq_len=self.seq_lens[:size], mask_offset=parts[4],

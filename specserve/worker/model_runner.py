@@ -92,9 +92,7 @@ class ModelRunner:
             if num > self.num_blocks:
                 continue
             runs += 1
-            md = AttentionMetadata(slot_mapping=torch.arange(q, device=self.device), query_start_loc=[0, q],
-                                   seq_lens=[q], block_tables=torch.arange(num, device=self.device).view(1, num),
-                                   block_size=self.block_size)
+            md = AttentionMetadata.contiguous_prompts([q], self.block_size, self.device)
             self.model(torch.zeros(q, dtype=torch.long, device=self.device), torch.arange(q, device=self.device),
                        self.kv_caches, md)
             for k_cache, v_cache in self.kv_caches:
