@@ -38,6 +38,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                       help="auto: per step, from measured cost and acceptance (default)")
     spec.add_argument("--num-speculative-tokens", type=int, default=None, help="max draft depth")
     spec.add_argument("--num-candidates", type=int, default=None, help="max candidate paths per request")
+    spec.add_argument("--chain-siblings", type=int, default=None,
+                      help="second-best tokens verified beside each single chain (MLP speculator)")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -47,7 +49,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         enable_prefix_caching=not args.no_prefix_caching, speculator=args.speculator,
         speculation=args.speculation, num_speculative_tokens=args.num_speculative_tokens,
-        num_candidates=args.num_candidates, tensor_parallel_size=args.tensor_parallel_size,
+        num_candidates=args.num_candidates, chain_siblings=args.chain_siblings,
+        tensor_parallel_size=args.tensor_parallel_size,
         cuda_graphs=args.cuda_graphs,
     )
 

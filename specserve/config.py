@@ -58,6 +58,8 @@ class SpecConfig:
     speculation: str = "auto"  # "auto" (adaptive) | "on" | "off"
     num_speculative_tokens: int | None = None  # max draft depth; None = the speculator's own
     num_candidates: int | None = None  # max candidate paths; None = the speculator's own
+    # second-best tokens verified beside each single chain (spec/siblings.py; MLP speculator); None = 0
+    chain_siblings: int | None = None
 
     def __post_init__(self) -> None:
         if self.speculation not in ("auto", "on", "off"):
@@ -66,6 +68,8 @@ class SpecConfig:
             raise ValueError("num_speculative_tokens must be >= 0")
         if self.num_candidates is not None and self.num_candidates < 1:
             raise ValueError("num_candidates must be >= 1")
+        if self.chain_siblings is not None and self.chain_siblings < 0:
+            raise ValueError("chain_siblings must be >= 0")
 
     @property
     def enabled(self) -> bool:

@@ -22,7 +22,7 @@ def build_engine_config(model: str | None = None, dtype: str = "float32", device
                         max_model_len: int | None = None, seed: int = 0, speculator: str | None = None,
                         speculation: str = "auto", num_speculative_tokens: int | None = None,
                         num_candidates: int | None = None, tensor_parallel_size: int = 1,
-                        cuda_graphs: bool = False) -> EngineConfig:
+                        cuda_graphs: bool = False, chain_siblings: int | None = None) -> EngineConfig:
     return EngineConfig(
         model=model, dtype=dtype, device=device, seed=seed, tensor_parallel_size=tensor_parallel_size,
         cuda_graphs=cuda_graphs,
@@ -31,7 +31,8 @@ def build_engine_config(model: str | None = None, dtype: str = "float32", device
         scheduler=SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens,
                                   max_num_seqs=max_num_seqs, max_model_len=max_model_len),
         spec=SpecConfig(speculator=speculator, speculation=speculation,
-                        num_speculative_tokens=num_speculative_tokens, num_candidates=num_candidates),
+                        num_speculative_tokens=num_speculative_tokens, num_candidates=num_candidates,
+                        chain_siblings=chain_siblings),
     )
 
 

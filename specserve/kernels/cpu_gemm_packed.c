@@ -87,8 +87,8 @@ static void f32_range(const float* x, const float* p, float* y, int M, int N, in
   for (int nb = nb0; nb < nb1; nb += 2) {
     int two = nb + 1 < nb1;
     NEXT_PAIR_PREFETCH((const char*)(p + (int64_t)(nb + 2) * K * 16), (size_t)2 * K * 16 * 4);
-    #define F32_PANELS_CALL(m, mb) f32_panels(x, p, y, M, N, K, nb, two, pf + (m) / MB * share, pf_iters, m, mb)
-    FOR_ROW_GROUPS(M, MB, F32_PANELS_CALL);
+    #define F32_PANELS_CALL(m, mb) f32_panels(x, p, y, M, N, K, nb, two, pf + ((m) + MB - 1) / MB * share, pf_iters, m, mb)
+    FOR_BALANCED_ROW_GROUPS(M, F32_PANELS_CALL);
     #undef F32_PANELS_CALL
   }
 }
@@ -133,8 +133,8 @@ static void bf16_range(const uint16_t* x, const uint16_t* p, uint16_t* y, int M,
   for (int nb = nb0; nb < nb1; nb += 2) {
     int two = nb + 1 < nb1;
     NEXT_PAIR_PREFETCH((const char*)(p + (int64_t)(nb + 2) * ((K + 1) / 2) * 32), (size_t)2 * ((K + 1) / 2) * 64);
-    #define BF16_PANELS_CALL(m, mb) bf16_panels(x, p, y, M, N, K, nb, two, pf + (m) / MB * share, pf_iters, m, mb)
-    FOR_ROW_GROUPS(M, MB, BF16_PANELS_CALL);
+    #define BF16_PANELS_CALL(m, mb) bf16_panels(x, p, y, M, N, K, nb, two, pf + ((m) + MB - 1) / MB * share, pf_iters, m, mb)
+    FOR_BALANCED_ROW_GROUPS(M, BF16_PANELS_CALL);
     #undef BF16_PANELS_CALL
   }
 }

@@ -1,4 +1,5 @@
-// An MLP speculator's single-chain proposal (every stage's argmax) in one call, for CPU decode.
+// An MLP speculator's single-chain proposal (every stage's argmax) in one call, for CPU decode, and
+// optionally each stage's second-best token (the chain's siblings, see spec/siblings.py).
 //
 // Why: a chain of three stages is ~25 small PyTorch ops around three products with the head; at one
 // request those ops cost about as much as the products themselves (~1 ms of a ~12 ms bfloat16 step).
@@ -32,6 +33,8 @@ typedef struct {
   float* work;                  // scratch [inner]
   int64_t* out_tokens;          // [M, depth]
   float* out_scores;            // [M]: the chain's summed log-probabilities (under each stage's head)
+  int64_t* out_second;          // [M, depth] or NULL: each stage's second-best token (chain siblings)
+  float* out_second_logp;       // [M, depth] or NULL: its path's log-probability (chain prefix + it)
 } MlpChain;
 
 ALWAYS_INLINE float get(const void* p, int64_t i, int bf16) {
@@ -91,11 +94,12 @@ void specserve_mlp_chain(const MlpChain* s) {
     gemm(s, s->state, s->head[i], s->logits, s->head_rows, n);
     for (int m = 0; m < s->M; m++) {  // argmax (first index on ties, as torch.max) and its log-probability
       const int64_t row = (int64_t)m * s->head_rows;
-      int best = 0;
-      float best_value = get(s->logits, row, bf16);
+      int best = 0, second = -1;
+      float best_value = get(s->logits, row, bf16), second_value = -INFINITY;
       for (int r = 1; r < s->head_rows; r++) {
         const float v = get(s->logits, row + r, bf16);
-        if (v > best_value) { best_value = v; best = r; }
+        if (v > best_value) { second_value = best_value; second = best; best_value = v; best = r; }
+        else if (v > second_value) { second_value = v; second = r; }
       }
       __m512 acc = _mm512_setzero_ps();
       int r = 0;
@@ -103,8 +107,14 @@ void specserve_mlp_chain(const MlpChain* s) {
         acc = _mm512_add_ps(acc, exp512(_mm512_sub_ps(load16(s->logits, row + r, bf16), _mm512_set1_ps(best_value))));
       float sum = _mm512_reduce_add_ps(acc);
       for (; r < s->head_rows; r++) sum += expf(get(s->logits, row + r, bf16) - best_value);
-      s->out_scores[m] = (i == 0 ? 0.0f : s->out_scores[m]) - logf(sum);
+      const float log_sum = logf(sum), prefix = i == 0 ? 0.0f : s->out_scores[m];
+      s->out_scores[m] = prefix - log_sum;
       s->out_tokens[(int64_t)m * s->depth + i] = s->vocab_map ? s->vocab_map[best] : best;
+      if (s->out_second) {  // a one-row head has no second token: -1
+        const int64_t at = (int64_t)m * s->depth + i;
+        s->out_second[at] = second < 0 ? -1 : (s->vocab_map ? s->vocab_map[second] : second);
+        s->out_second_logp[at] = second < 0 ? -INFINITY : prefix + second_value - best_value - log_sum;
+      }
     }
     in_dim = n;
   }

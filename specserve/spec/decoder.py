@@ -21,6 +21,7 @@ from specserve.spec.draft_tree import DraftTree
 from specserve.spec.policy import Level, SpeculationPolicy
 from specserve.spec.proposer import ProposalRequest, Proposer, hidden_rows
 from specserve.spec.rejection_sampler import VerifyInput, VerifyResult, verify
+from specserve.spec.siblings import chain_length
 
 
 @dataclass
@@ -99,7 +100,9 @@ class SpecDecoder:
                 self.stats.record(item.tree, result)
                 level = self.levels.get(rid)
                 if level is not None:
-                    self.policy.observe_request(rid, level, len(result.token_ids), len(item.tree))
+                    chain = chain_length(item.tree)  # a chain's siblings come after it
+                    rescued = bool(result.accepted_nodes) and result.accepted_nodes[-1] >= chain
+                    self.policy.observe_request(rid, level, len(result.token_ids), len(item.tree), chain, rescued)
         return results
 
     def choose(self, request_ids: list[str], num_other_tokens: int) -> list[Level]:

@@ -34,14 +34,15 @@ def default_speculator_for(model_dir: Path) -> Path:
 
 def build_proposer(spec: str, model: torch.nn.Module, model_dir: Path, dtype: torch.dtype,
                    device: torch.device, num_candidates: int | None,
-                   num_speculative_tokens: int | None = None) -> tuple[Proposer, int, int]:
+                   num_speculative_tokens: int | None = None,
+                   chain_siblings: int = 0) -> tuple[Proposer, int, int]:
     """Returns (proposer, its max depth, its max candidates). ``num_speculative_tokens`` lets a tied
     MLP speculator run more stages than it was trained with (other speculators are capped by theirs)."""
     if spec == "ngram":
         return NgramProposer(), NGRAM_DEPTH, num_candidates or 1
     if spec.endswith("+ngram"):  # prompt lookup where the text repeats, the named speculator elsewhere
         inner, depth, cands = build_proposer(spec.removesuffix("+ngram"), model, model_dir, dtype, device,
-                                             num_candidates, num_speculative_tokens)
+                                             num_candidates, num_speculative_tokens, chain_siblings)
         return LookupFirstProposer(inner), max(depth, NGRAM_DEPTH), cands
     kind, _, rest = spec.partition(":")
     if kind == "draft":
@@ -53,14 +54,15 @@ def build_proposer(spec: str, model: torch.nn.Module, model_dir: Path, dtype: to
         medusa = load_medusa(rest)
         cands = num_candidates or medusa.config.n_candidates
         return (HeadProposer("medusa", medusa, list(medusa.config.top_k_tokens_per_head), cands,
-                             speculator_dtype(dtype, device), device),
+                             speculator_dtype(dtype, device), device, chain_siblings=chain_siblings),
                 medusa.config.num_heads, cands)
     path = Path(rest) if kind == "mlp" else (default_speculator_for(model_dir) if spec == "default" else Path(spec))
     if not path.exists():
         raise SpeculatorLoadError(f"speculator path {path} does not exist")
     arch = read_config(path).get("architectures", ["MLPSpeculatorPreTrainedModel"])
     if "MedusaHeads" in arch:
-        return build_proposer(f"medusa:{path}", model, model_dir, dtype, device, num_candidates)
+        return build_proposer(f"medusa:{path}", model, model_dir, dtype, device, num_candidates,
+                              chain_siblings=chain_siblings)
     emb = model.get_input_embeddings().weight.detach()
     head = model.get_output_embeddings()
     head = head.detach() if isinstance(head, torch.Tensor) else head.weight.detach()
@@ -68,7 +70,7 @@ def build_proposer(spec: str, model: torch.nn.Module, model_dir: Path, dtype: to
                               num_lookahead_tokens=num_speculative_tokens)
     cands = num_candidates or mlp.config.n_candidates
     return (HeadProposer("mlp", mlp, list(mlp.config.top_k_tokens_per_head), cands,
-                         speculator_dtype(dtype, device), device),
+                         speculator_dtype(dtype, device), device, chain_siblings=chain_siblings),
             mlp.config.max_depth, cands)
 
 
@@ -76,7 +78,8 @@ def build_spec_decoder(config: SpecConfig, model: torch.nn.Module, model_dir: Pa
                        device: torch.device) -> tuple[SpecDecoder, int, int]:
     assert config.speculator is not None
     proposer, depth, cands = build_proposer(config.speculator, model, model_dir, dtype, device,
-                                            config.num_candidates, config.num_speculative_tokens)
+                                            config.num_candidates, config.num_speculative_tokens,
+                                            config.chain_siblings or 0)
     if config.num_speculative_tokens is not None:
         depth = min(depth, config.num_speculative_tokens) if proposer.needs_hidden else config.num_speculative_tokens
     policy = SpeculationPolicy(config.speculation, depth, cands)

@@ -8,6 +8,7 @@ from torch import nn
 from specserve.model.fast_linear import enable_fast_linear
 from specserve.spec.draft_tree import DraftTree
 from specserve.spec.proposer import ProposalRequest
+from specserve.spec.siblings import chain_with_siblings
 
 
 def speculator_dtype(base_dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -31,8 +32,10 @@ class HeadProposer:
     needs_hidden = True
 
     def __init__(self, name: str, model: nn.Module, top_k: list[int], num_candidates: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
-        """``dtype``: the speculator's own (see ``speculator_dtype``); hidden states are cast to it."""
+                 dtype: torch.dtype, device: torch.device, chain_siblings: int = 0) -> None:
+        """``dtype``: the speculator's own (see ``speculator_dtype``); hidden states are cast to it.
+        ``chain_siblings``: second-best tokens verified beside each single chain (``spec/siblings.py``;
+        speculators with ``propose_chain_siblings`` only)."""
         self.name = name
         self.model = model.to(device=device, dtype=dtype).eval()
         enable_fast_linear(self.model)  # its few-row products go to the CPU kernel, as the base model's
@@ -45,6 +48,7 @@ class HeadProposer:
         self.top_k = list(top_k)[:self.max_depth] + [1] * max(0, self.max_depth - len(top_k))
         self.num_candidates = num_candidates
         self.dtype = dtype
+        self.chain_siblings = chain_siblings if hasattr(self.model, "propose_chain_siblings") else 0
 
     def propose(self, requests: list[ProposalRequest], hidden: torch.Tensor | None) -> list[DraftTree]:
         assert hidden is not None
@@ -55,6 +59,12 @@ class HeadProposer:
         # A single chain needs only each stage's best token; trees widen by the configured top-k.
         top_k = [1] * depth if num_paths == 1 else self.top_k[:depth]
         last = torch.tensor([r.token_ids[-1] for r in requests], device=hidden.device)
+        if num_paths == 1 and self.chain_siblings:
+            chains = self.model.propose_chain_siblings(hidden.to(self.dtype), last, depth)
+            tokens, siblings, logp = chains.tokens.tolist(), chains.siblings.tolist(), chains.sibling_logp.tolist()
+            return [chain_with_siblings(tokens[i][:r.max_depth], siblings[i][:r.max_depth], logp[i][:r.max_depth],
+                                        self.chain_siblings) if r.max_depth > 0 else DraftTree()
+                    for i, r in enumerate(requests)]
         paths, _ = self.model.propose_paths(hidden.to(self.dtype), last, top_k, num_paths)
         rows = paths.tolist()
         trees = []

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from specserve.spec.siblings import ChainProposal
+
 
 @dataclass(frozen=True)
 class MedusaConfig:
@@ -59,6 +61,17 @@ class MedusaHeads(nn.Module):
 
     def head_to_vocab(self, head_ids: torch.Tensor) -> torch.Tensor:
         return head_ids if self.vocab_map is None else self.vocab_map[head_ids]
+
+    @torch.inference_mode()
+    def propose_chain_siblings(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int) -> ChainProposal:
+        """Same contract as MLPSpeculator.propose_chain_siblings: every head's best and second token."""
+        logp = torch.stack([F.log_softmax(self.heads[i](hidden).float(), dim=-1) for i in range(depth)], 1)
+        top_logp, top = logp.topk(min(2, logp.shape[-1]), dim=-1)  # [b, depth, 2]
+        prefix = top_logp[..., 0].cumsum(1) - top_logp[..., 0]  # the chain's log-probability before each head
+        if top.shape[-1] < 2:  # one-row heads: no second token
+            return ChainProposal(self.head_to_vocab(top[..., 0]), torch.full_like(top[..., 0], -1),
+                                 torch.full_like(prefix, float("-inf")))
+        return ChainProposal(self.head_to_vocab(top[..., 0]), self.head_to_vocab(top[..., 1]), prefix + top_logp[..., 1])
 
     @torch.inference_mode()
     def propose_paths(self, hidden: torch.Tensor, token_ids: torch.Tensor, top_k: list[int],

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specserve.spec.siblings import ChainProposal
+
 if TYPE_CHECKING:
     from specserve.spec.cpu_chain import CpuChain
 
@@ -199,6 +201,34 @@ class MLPSpeculator(nn.Module):
         num_paths = min(num_paths, paths.shape[1])
         best_scores, best = scores.topk(num_paths, dim=1)
         return paths.gather(1, best.unsqueeze(2).expand(b, num_paths, paths.shape[2])), best_scores
+
+    @torch.inference_mode()
+    def propose_chain_siblings(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int) -> ChainProposal:
+        """The single chain (as ``propose_paths`` with top-k 1) and each stage's second-best token,
+        for ``siblings.chain_with_siblings``. hidden [b, emb_dim], token_ids [b]."""
+        if depth and self.cpu_chain is not None and self.cpu_chain.applies(hidden):
+            tokens, _, second, second_logp = self.cpu_chain.propose(hidden, token_ids, depth, siblings=True)
+            return ChainProposal(tokens, second, second_logp)
+        state = self.input_state(hidden)
+        tokens = token_ids
+        path, second, second_logp = [], [], []
+        prefix = torch.zeros(hidden.shape[0], device=hidden.device)
+        for i in range(depth):
+            state, logits = self.step(i, state, tokens)
+            logits = logits.float()
+            best, top = logits.max(dim=-1)  # first index on ties, as the chain and the kernel
+            log_sum = torch.logsumexp(logits, dim=-1)
+            runner_up, top2 = logits.scatter(-1, top.unsqueeze(-1), float("-inf")).max(dim=-1)
+            tokens = self.head_to_vocab(top)
+            path.append(tokens)
+            none = torch.isinf(runner_up)  # a one-row head has no second token
+            second.append(torch.where(none, -1, self.head_to_vocab(top2)))
+            second_logp.append(prefix + runner_up - log_sum)
+            prefix = prefix + best - log_sum
+        empty = torch.empty(hidden.shape[0], 0, dtype=torch.long, device=hidden.device)
+        if not depth:
+            return ChainProposal(empty, empty, empty.float())
+        return ChainProposal(torch.stack(path, 1), torch.stack(second, 1), torch.stack(second_logp, 1))
 
     def _propose_chain(self, hidden: torch.Tensor, token_ids: torch.Tensor,
                        depth: int) -> tuple[torch.Tensor, torch.Tensor]:

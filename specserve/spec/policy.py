@@ -241,6 +241,9 @@ class SpeculationPolicy:
         self.request_stats: dict[str, AcceptanceStats] = {}
         self.global_chain = ChainAcceptance(decay=0.95)  # every request's chain steps, per position
         self.request_chain: dict[str, ChainAcceptance] = {}
+        # EMA over chain steps that carried siblings of whether a sibling was accepted in place of a
+        # failed chain token (one token more than the chain alone); 0 until measured.
+        self.sibling_rescue = 0.0
         # Per request: EMA of accepted drafts per draft token, whatever the level. Requests below
         # MIN_RATE sit out (no drafts) until their estimate is reset for a retry.
         self.request_rate: dict[str, float] = {}
@@ -266,14 +269,23 @@ class SpeculationPolicy:
     def observe_proposal(self, level: Level, num_requests: int, seconds: float) -> None:
         self.proposal_seconds[level] = ema(self.proposal_seconds.get(level), seconds / max(num_requests, 1), 0.8)
 
-    def observe_request(self, request_id: str, level: Level, emitted: int, num_nodes: int) -> None:
+    def observe_request(self, request_id: str, level: Level, emitted: int, num_nodes: int,
+                        chain_drafts: int | None = None, rescued: bool = False) -> None:
+        """One request's verified step: ``emitted`` tokens from ``num_nodes`` draft nodes. For a chain
+        that carried siblings (``spec/siblings.py``): ``chain_drafts``, the chain's own length, and
+        ``rescued``, whether the accepted path ended on a sibling instead of the chain."""
         self.global_stats.observe(level, emitted, num_nodes)
         if level.depth:
             self.drafts_per_depth = ema(self.drafts_per_depth, (emitted - 1) / level.depth, 0.8)
         self.request_stats.setdefault(request_id, AcceptanceStats(decay=0.8)).observe(level, emitted, num_nodes)
-        if level.candidates == 1 and num_nodes:  # a chain of num_nodes drafts
-            self.global_chain.observe(num_nodes, emitted - 1)
-            self.request_chain.setdefault(request_id, ChainAcceptance(decay=0.8)).observe(num_nodes, emitted - 1)
+        if level.candidates == 1 and num_nodes:
+            drafts = num_nodes if chain_drafts is None else chain_drafts
+            # the chain's positions learn only from the chain: a rescue means its last position failed
+            accepted = emitted - 1 - int(rescued)
+            self.global_chain.observe(drafts, accepted)
+            self.request_chain.setdefault(request_id, ChainAcceptance(decay=0.8)).observe(drafts, accepted)
+            if num_nodes > drafts:
+                self.sibling_rescue = ema(self.sibling_rescue, float(rescued), 0.95)
         if num_nodes:
             rate = (emitted - 1) / num_nodes
             self.global_rate = ema(self.global_rate, rate, 0.95)
@@ -335,6 +347,7 @@ class SpeculationPolicy:
             lower = int(length)
             upper = min(lower + 1, level.depth)
             emitted = chain[lower] + (length - lower) * (chain[upper] - chain[lower])
+            emitted += self.sibling_rescue  # a sibling taken instead of a failed chain token: one more
         return emitted, nodes
 
     def _expected_any_request(self, level: Level) -> tuple[float, float]:

@@ -18,7 +18,8 @@ class ProposalRequest:
     token_ids: list[int]  # prompt + output, the just-sampled token last
     num_prompt_tokens: int
     max_depth: int  # at most this many tokens along any path
-    num_candidates: int  # at most this many root-to-leaf paths
+    # at most this many root-to-leaf paths, besides a single chain's siblings (spec/siblings.py)
+    num_candidates: int
 
 
 class Proposer(Protocol):

@@ -37,12 +37,14 @@ def evaluate_speculator(args: argparse.Namespace) -> dict[str, Any]:
     if args.speculator == "ngram":
         counts = counts[:1]
     depth = getattr(args, "num_speculative_tokens", None)
+    siblings = getattr(args, "chain_siblings", None)
     for cands in counts:
         name = "spec" if cands is None else f"spec_c{cands}"
         engines[name] = LLM(**common, speculator=args.speculator, speculation="on", num_candidates=cands,
-                            num_speculative_tokens=depth)
+                            num_speculative_tokens=depth, chain_siblings=siblings)
     engines["spec_auto"] = LLM(**common, speculator=args.speculator, speculation="auto",
-                               num_candidates=args.num_candidates, num_speculative_tokens=depth)
+                               num_candidates=args.num_candidates, num_speculative_tokens=depth,
+                               chain_siblings=siblings)
     elapsed = dict.fromkeys(engines, 0.0)
     tokens: dict[str, list[list[int]]] = {name: [] for name in engines}
     for start in range(0, len(convs), args.batch_size):
