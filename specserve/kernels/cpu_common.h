@@ -62,38 +62,17 @@ ALWAYS_INLINE __m512 exp512(__m512 x) {
 // Runs CALL(m0, mb) over rows 0..M-1 in groups of GROUP (at most 8), with mb a literal in every call so
 // that each inlined tile is specialised (register arrays sized by mb, loops unrolled). Remainders of
 // GROUP or more cannot occur; their cases fold away at compile time.
-#define ROW_GROUP_SWITCH(m0, rows, GROUP, CALL)                       \
-  switch (rows) {                                                     \
-    case 7: if (7 < (GROUP)) CALL(m0, 7); break;                      \
-    case 6: if (6 < (GROUP)) CALL(m0, 6); break;                      \
-    case 5: if (5 < (GROUP)) CALL(m0, 5); break;                      \
-    case 4: if (4 < (GROUP)) CALL(m0, 4); break;                      \
-    case 3: if (3 < (GROUP)) CALL(m0, 3); break;                      \
-    case 2: if (2 < (GROUP)) CALL(m0, 2); break;                      \
-    case 1: if (1 < (GROUP)) CALL(m0, 1); break;                      \
-  }
 #define FOR_ROW_GROUPS(M, GROUP, CALL)                                \
   do {                                                                \
     int m_ = 0;                                                       \
     for (; m_ + (GROUP) <= (M); m_ += (GROUP)) CALL(m_, GROUP);       \
-    ROW_GROUP_SWITCH(m_, (M) - m_, GROUP, CALL);                      \
-  } while (0)
-
-// FOR_ROW_GROUPS in groups of 8, except that a remainder of 1-3 rows after full groups joins the last
-// full group and the two run as groups of 4-6 rows. Why: a tile of 1-3 rows has 2-6 accumulators, too
-// few to hide the FMA latency, so it costs about as long per k as a tile of 8 (bench_gemm, float32:
-// 9 rows took 29.8 ms per pass over the default model's weights against 21.3 ms for 8).
-#define FOR_BALANCED_ROW_GROUPS(M, CALL)                                        \
-  do {                                                                          \
-    int m_ = 0, tail_ = (M) % 8;                                                \
-    const int body_ = (M) - tail_ - ((M) > 8 && tail_ > 0 && tail_ < 4 ? 8 : 0); \
-    for (; m_ < body_; m_ += 8) CALL(m_, 8);                                    \
-    int left_ = (M) - m_;                                                       \
-    if (left_ > 8) {                                                            \
-      const int first_ = (left_ + 1) / 2;                                       \
-      ROW_GROUP_SWITCH(m_, first_, 8, CALL);                                    \
-      m_ += first_;                                                             \
-      left_ -= first_;                                                          \
-    }                                                                           \
-    ROW_GROUP_SWITCH(m_, left_, 8, CALL);                                       \
+    switch ((M) - m_) {                                               \
+      case 7: if (7 < (GROUP)) CALL(m_, 7); break;                    \
+      case 6: if (6 < (GROUP)) CALL(m_, 6); break;                    \
+      case 5: if (5 < (GROUP)) CALL(m_, 5); break;                    \
+      case 4: if (4 < (GROUP)) CALL(m_, 4); break;                    \
+      case 3: if (3 < (GROUP)) CALL(m_, 3); break;                    \
+      case 2: if (2 < (GROUP)) CALL(m_, 2); break;                    \
+      case 1: if (1 < (GROUP)) CALL(m_, 1); break;                    \
+    }                                                                 \
   } while (0)

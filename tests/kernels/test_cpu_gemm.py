@@ -100,7 +100,7 @@ def test_library_is_cached_by_source_hash(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [1, 3, 8, 13, 64, 128])
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 12, 13, 17, 20, 21, 64, 128])  # every tile shape (cpu_gemm_packed.c)
 @pytest.mark.parametrize("n,k", [(37, 576), (16, 33), (130, 1536)])
 def test_packed_kernel_matches_exact_product(dtype, rows, n, k, threads):
     if dtype == torch.bfloat16 and build.load_library().gemm_packed_bf16 is None:
