@@ -58,7 +58,8 @@ class SpecConfig:
     speculation: str = "auto"  # "auto" (adaptive) | "on" | "off"
     num_speculative_tokens: int | None = None  # max draft depth; None = the speculator's own
     num_candidates: int | None = None  # max candidate paths; None = the speculator's own
-    # second-best tokens verified beside each single chain (spec/siblings.py; MLP speculator); None = 0
+    # second-best tokens verified beside each single chain (spec/siblings.py; MLP speculator, Medusa);
+    # None = siblings.default_chain_siblings (1 on a CPU, 0 elsewhere)
     chain_siblings: int | None = None
 
     def __post_init__(self) -> None:

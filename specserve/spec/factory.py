@@ -15,6 +15,7 @@ from specserve.spec.medusa import load_medusa
 from specserve.spec.ngram import NgramProposer
 from specserve.spec.policy import SpeculationPolicy
 from specserve.spec.proposer import Proposer
+from specserve.spec.siblings import default_chain_siblings
 
 # Speculators shipped with the package, keyed by the base model folder's name prefix.
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "speculators"
@@ -79,7 +80,8 @@ def build_spec_decoder(config: SpecConfig, model: torch.nn.Module, model_dir: Pa
     assert config.speculator is not None
     proposer, depth, cands = build_proposer(config.speculator, model, model_dir, dtype, device,
                                             config.num_candidates, config.num_speculative_tokens,
-                                            config.chain_siblings or 0)
+                                            default_chain_siblings(device) if config.chain_siblings is None
+                                            else config.chain_siblings)
     if config.num_speculative_tokens is not None:
         depth = min(depth, config.num_speculative_tokens) if proposer.needs_hidden else config.num_speculative_tokens
     policy = SpeculationPolicy(config.speculation, depth, cands)
