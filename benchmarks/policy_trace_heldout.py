@@ -28,9 +28,13 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=None, help="num_speculative_tokens")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--candidates", type=int, default=1,
+                        help="num_candidates (0 = the speculator's own, trees included, as serving does)")
+    parser.add_argument("--siblings", type=int, default=None, help="chain_siblings (default: the engine's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    llm = LLM(dtype=args.dtype, speculator="default", speculation=args.speculation, num_candidates=1,
+    llm = LLM(dtype=args.dtype, speculator="default", speculation=args.speculation,
+              num_candidates=args.candidates or None, chain_siblings=args.siblings,
               num_speculative_tokens=args.depth, kv_cache_memory="512MiB", enable_prefix_caching=False)
     policy = llm.engine.runner.spec.policy
     chosen: Counter[str] = Counter()
@@ -42,10 +46,10 @@ def main() -> None:
         chosen.update(level.label for level in levels)
         return levels
 
-    def timing_observe(num_tokens, seconds, decode_only=True):  # type: ignore[no-untyped-def]
+    def timing_observe(num_tokens, seconds, decode_only=True, graphed=False):  # type: ignore[no-untyped-def]
         if decode_only:
             step_ms[num_tokens].append(1e3 * seconds)
-        observe_step(num_tokens, seconds, decode_only)
+        observe_step(num_tokens, seconds, decode_only, graphed)
 
     policy.choose, policy.observe_step = counting_choose, timing_observe  # type: ignore[method-assign]
     convs = load_prompts(default_prompt_file("heldout"))[:args.prompts]
@@ -59,6 +63,7 @@ def main() -> None:
     print("median step ms (steps) by batched tokens:",
           {n: (round(statistics.median(v), 2), len(v)) for n, v in sorted(step_ms.items())})
     print("cost model ms:", {k: round(1e3 * v, 2) for k, v in sorted(policy.cost.buckets.items())})
+    print("proposal ms per request:", {lv.label: round(1e3 * v, 2) for lv, v in policy.proposal_seconds.items()})
     print("expected tokens/step:", {lv.label: round(policy.expected(lv, None)[0], 2) for lv in policy.levels})
     stats = llm.stats()
     print({k: stats[k] for k in ("spec_steps", "mean_accepted_tokens_per_step", "spec_acceptance_per_stage",
