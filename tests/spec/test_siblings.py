@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_spec_lossless import PROMPTS, greedy
+from test_spec_lossless import PROMPTS, OracleProposer, greedy
 
 from specserve import LLM
 from specserve.model.fast_linear import enable_fast_linear
@@ -71,23 +71,17 @@ def test_sibling_chains_are_lossless(tiny_bundle, random_tied_mlp_dir) -> None:
     assert stats["spec_proposed_tokens"] > 4 * stats["spec_steps"]
 
 
-class SiblingOracle:
+class SiblingOracle(OracleProposer):
     """Chains whose second token is wrong, with the right one as that position's sibling, so that the
     accepted path ends on a sibling (its KV is moved to the chain's slot) in every other step."""
 
     name = "sibling-oracle"
-    needs_hidden = False
-
-    def __init__(self, continuations: dict[tuple[int, ...], list[int]]) -> None:
-        self.continuations = continuations
-        self.calls = 0
 
     def propose(self, requests: list[ProposalRequest], hidden) -> list[DraftTree]:
         trees = []
         for req in requests:
             self.calls += 1
-            truth = next((cont[len(req.token_ids) - len(p):] for p, cont in self.continuations.items()
-                          if list(req.token_ids[:len(p)]) == list(p)), [])[:min(req.max_depth, 3)]
+            truth = self._truth(req.token_ids)[:min(req.max_depth, 3)]
             if len(truth) < 3:
                 trees.append(DraftTree.chain(truth))
                 continue
@@ -95,9 +89,6 @@ class SiblingOracle:
             chain = [truth[0], wrong[1], wrong[2]] if self.calls % 2 else truth
             trees.append(chain_with_siblings(chain, [wrong[0], truth[1], wrong[2] + 1], [-2.0, -1.0, -3.0], 2))
         return trees
-
-    def release(self, request_id: str) -> None:
-        pass
 
 
 @pytest.mark.parametrize("engine_args", [dict(), dict(num_kv_blocks=12, max_num_seqs=5), dict(block_size=4)],
