@@ -247,7 +247,9 @@ class SpeculationPolicy:
         # Per request: EMA of accepted drafts per draft token, whatever the level. Requests below
         # MIN_RATE sit out (no drafts) until their estimate is reset for a retry.
         self.request_rate: dict[str, float] = {}
-        # EMA of accepted drafts per draft token, all requests; from every draft accepted, as above.
+        # EMA of accepted drafts per draft token, all requests. It starts from every draft accepted, not
+        # from the first step: one unlucky first step (a chain accepts nothing in ~40% of them) would
+        # make speculation look useless.
         self.global_rate = 1.0
         self._step = 0
         self._plain_streak: tuple[tuple[str, ...], int] | None = None  # (requests, other tokens) kept plain
