@@ -206,29 +206,9 @@ class MLPSpeculator(nn.Module):
     def propose_chain_siblings(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int) -> ChainProposal:
         """The single chain (as ``propose_paths`` with top-k 1) and each stage's second-best token,
         for ``siblings.chain_with_siblings``. hidden [b, emb_dim], token_ids [b]."""
-        if depth and self.cpu_chain is not None and self.cpu_chain.applies(hidden):
-            tokens, _, second, second_logp = self.cpu_chain.propose(hidden, token_ids, depth, siblings=True)
-            return ChainProposal(tokens, second, second_logp)
-        state = self.input_state(hidden)
-        tokens = token_ids
-        path, second, second_logp = [], [], []
-        prefix = torch.zeros(hidden.shape[0], device=hidden.device)
-        for i in range(depth):
-            state, logits = self.step(i, state, tokens)
-            logits = logits.float()
-            best, top = logits.max(dim=-1)  # first index on ties, as the chain and the kernel
-            log_sum = torch.logsumexp(logits, dim=-1)
-            runner_up, top2 = logits.scatter(-1, top.unsqueeze(-1), float("-inf")).max(dim=-1)
-            tokens = self.head_to_vocab(top)
-            path.append(tokens)
-            none = torch.isinf(runner_up)  # a one-row head has no second token
-            second.append(torch.where(none, -1, self.head_to_vocab(top2)))
-            second_logp.append(prefix + runner_up - log_sum)
-            prefix = prefix + best - log_sum
-        empty = torch.empty(hidden.shape[0], 0, dtype=torch.long, device=hidden.device)
-        if not depth:
-            return ChainProposal(empty, empty, empty.float())
-        return ChainProposal(torch.stack(path, 1), torch.stack(second, 1), torch.stack(second_logp, 1))
+        tokens, _, second, second_logp = self._chain(hidden, token_ids, depth, siblings=True)
+        assert second is not None and second_logp is not None
+        return ChainProposal(tokens, second, second_logp)
 
     def _propose_chain(self, hidden: torch.Tensor, token_ids: torch.Tensor,
                        depth: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,17 +217,37 @@ class MLPSpeculator(nn.Module):
         The same path as the tree search with top-k 1 everywhere, in fewer operations: a decode step
         on this CPU is ~10 ms, so the few hundred microseconds of tree bookkeeping matter.
         """
+        tokens, scores, _, _ = self._chain(hidden, token_ids, depth, siblings=False)
+        return tokens.unsqueeze(1), scores.unsqueeze(1)
+
+    def _chain(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int,
+               siblings: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Each stage's argmax fed to the next: tokens [b, depth] and their summed log-probability [b];
+        with ``siblings``, also each stage's runner-up (-1: none) and its path's log-probability
+        [b, depth] (as ``siblings.ChainProposal``). The CPU kernel when it applies, PyTorch otherwise."""
         if depth and self.cpu_chain is not None and self.cpu_chain.applies(hidden):
-            tokens, scores = self.cpu_chain.propose(hidden, token_ids, depth)
-            return tokens.unsqueeze(1), scores.unsqueeze(1)
+            out = self.cpu_chain.propose(hidden, token_ids, depth, siblings=siblings)
+            return (out[0], out[1], out[2], out[3]) if siblings else (out[0], out[1], None, None)
         state = self.input_state(hidden)
         tokens = token_ids
-        path, score = [], torch.zeros(hidden.shape[0], device=hidden.device)
+        path, second, second_logp = [], [], []
+        score = torch.zeros(hidden.shape[0], device=hidden.device)
         for i in range(depth):
             state, logits = self.step(i, state, tokens)
             logits = logits.float()
-            best, top = logits.max(dim=-1)
-            score = score + best - torch.logsumexp(logits, dim=-1)
+            best, top = logits.max(dim=-1)  # first index on ties, as torch.max and the kernel
+            log_sum = torch.logsumexp(logits, dim=-1)
+            if siblings:
+                runner_up, top2 = logits.scatter(-1, top.unsqueeze(-1), float("-inf")).max(dim=-1)
+                none = torch.isinf(runner_up)  # a one-row head has no second token
+                second.append(torch.where(none, -1, self.head_to_vocab(top2)))
+                second_logp.append(score + runner_up - log_sum)
+            score = score + best - log_sum
             tokens = self.head_to_vocab(top)
             path.append(tokens)
-        return torch.stack(path, dim=1).unsqueeze(1), score.unsqueeze(1)
+        if not depth:
+            empty = torch.empty(hidden.shape[0], 0, dtype=torch.long, device=hidden.device)
+            return empty, score, (empty if siblings else None), (empty.float() if siblings else None)
+        if not siblings:
+            return torch.stack(path, 1), score, None, None
+        return torch.stack(path, 1), score, torch.stack(second, 1), torch.stack(second_logp, 1)

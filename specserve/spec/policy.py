@@ -300,8 +300,10 @@ class SpeculationPolicy:
     # ---- decisions ---------------------------------------------------------------------------
     def expected(self, level: Level, request_id: str | None) -> tuple[float, float]:
         """(expected emitted tokens, expected draft nodes) at a level for one request."""
-        chain = self.chain_emitted(request_id, self.global_chain_rates()) if level.candidates == 1 else None
-        return self._expected(level, request_id, chain, self._expected_any_request(level))
+        global_rates = self.global_chain_rates()
+        chain = self.chain_emitted(request_id, global_rates) if level.candidates == 1 else None
+        return self._expected(level, request_id, chain,
+                              self._expected_any_request(level, expected_emitted(global_rates)))
 
     def global_chain_rates(self) -> list[float]:
         """Every request's acceptance rate at chain positions 1 .. max_depth."""
@@ -325,7 +327,7 @@ class SpeculationPolicy:
     def _expected(self, level: Level, request_id: str | None, chain: list[float] | None,
                   any_request: tuple[float, float]) -> tuple[float, float]:
         """``chain``: the request's ``chain_emitted`` (used for single-chain levels); ``any_request``:
-        ``_expected_any_request(level)``, computed once per step for all requests."""
+        ``_expected_any_request(level, ...)``, computed once per step for all requests."""
         if level.depth == 0:
             return 1.0, 0.0
         emitted, nodes = any_request
@@ -346,7 +348,7 @@ class SpeculationPolicy:
             emitted += self.sibling_rescue  # a sibling taken instead of a failed chain token: one more
         return emitted, nodes
 
-    def _expected_any_request(self, level: Level, chain: list[float] | None = None) -> tuple[float, float]:
+    def _expected_any_request(self, level: Level, chain: list[float]) -> tuple[float, float]:
         """Every request's averages at a level (emitted: what trees use), against a prior: what a single
         chain of that depth is expected to emit (``chain``: every request's ``chain_emitted``; every
         draft accepted before any chain step). A tree holds that chain as its best path, so only its own
@@ -354,8 +356,6 @@ class SpeculationPolicy:
         path, ignored that deep drafts are accepted less often than shallow ones; with it and a few lucky
         tree steps, `auto` at one request on 8 held-out chat prompts took a two-path tree (a PyTorch
         proposal of ~7 ms against ~1.2 ms for the chain kernel) as its best level in 48 of ~450 steps."""
-        if chain is None:
-            chain = expected_emitted(self.global_chain_rates())
         prior_emitted = chain[min(level.depth, len(chain) - 1)]
         prior_nodes = float(level.depth * level.candidates)
         glob = self.global_stats
