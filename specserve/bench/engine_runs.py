@@ -26,9 +26,9 @@ class SingleRun:
         return (self.num_tokens - 1) / decode_time if decode_time > 0 else float("nan")
 
 
-def run_single(engine: LLMEngine, prompt_ids: list[int], max_tokens: int) -> SingleRun:
-    """One request alone; greedy, exactly max_tokens tokens (EOS ignored)."""
-    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+def run_single(engine: LLMEngine, prompt_ids: list[int], max_tokens: int, ignore_eos: bool = True) -> SingleRun:
+    """One request alone; greedy, exactly max_tokens tokens (EOS ignored), or up to its EOS."""
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=ignore_eos)
     request_id = f"bench-{next(_ids)}"
     start = time.perf_counter()
     engine.add_request(request_id, {"prompt_token_ids": prompt_ids}, params)

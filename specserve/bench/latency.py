@@ -1,13 +1,16 @@
 """`specserve bench latency`: one request at a time, per speculation setup, on two prompt sets.
 
-- ``chat``: the customer-care questions (little to copy from the prompt);
+- ``chat``: the customer-care questions (little to copy from the prompt), or ``--chat-prompts FILE``
+  (e.g. the speculator's held-out prompts, ``specserve/train/data/prompts_heldout.jsonl``);
 - ``rewrite``: "correct the typos" (most of the answer is in the prompt; prompt lookup's best case).
 
-Each request is greedy and generates exactly ``--max-tokens`` tokens (EOS ignored), so every setup does
-the same work. Reported per (setup, prompt set): TTFT, inter-token latency p50/p99 (a step that brings
-k tokens counts as k gaps of a k-th of its time), end-to-end latency, decode tokens/s, and, for
-speculative setups, the histogram of accepted draft tokens per step. A roofline row gives the fastest
-decode possible without speculation on this machine (see roofline.py).
+Each request is greedy and generates exactly ``--max-tokens`` tokens (EOS ignored), or stops at its EOS
+with ``--stop-at-eos``; greedy speculation is lossless, so either way every setup does the same work.
+The setups take turns request by request (all engines share the weights), so a slow spell of a shared
+machine hits them alike. Reported per (setup, prompt set): TTFT, inter-token latency p50/p99 (a step
+that brings k tokens counts as k gaps of a k-th of its time), end-to-end latency, decode tokens/s and
+its ratio to ``off``, and, for speculative setups, the histogram of accepted draft tokens per step. A
+roofline row gives the fastest decode possible without speculation on this machine (see roofline.py).
 """
 
 from __future__ import annotations
@@ -41,7 +44,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--configs", default="off,ngram,mlp,auto", help=f"from {', '.join(SETUP_NAMES)}")
     parser.add_argument("--speculator", default="default", help="the learned speculator of mlp/auto")
-    parser.add_argument("--num-prompts", type=int, default=8, help="chat prompts (1-8)")
+    parser.add_argument("--num-prompts", type=int, default=8,
+                        help="chat prompts: 1-8 built-in ones, or the first N of --chat-prompts (0: all)")
+    parser.add_argument("--chat-prompts", default=None,
+                        help=".jsonl of {\"prompt\"} or {\"messages\"} rows for the chat set, e.g. "
+                             "specserve/train/data/prompts_heldout.jsonl (default: the built-in questions)")
+    parser.add_argument("--stop-at-eos", action="store_true",
+                        help="requests end at their EOS (at most --max-tokens) instead of ignoring it")
     parser.add_argument("--repeats", type=int, default=1, help="passes over the prompt set")
     parser.add_argument("--rewrite-prompts", default=None,
                         help=".jsonl of {\"prompt\"} rows for the rewrite set, e.g. benchmarks/prompts_rewrite.jsonl "
@@ -65,14 +74,29 @@ def rewrite_set(tokenizer: Any, path: str | None) -> list[list[int]]:
     """The rewrite prompts' token ids: the built-in typo prompt, or every prompt of a .jsonl file."""
     if path is None:
         return [rewrite_prompt_ids(tokenizer)]
+    return _file_set(tokenizer, path, "--rewrite-prompts")
+
+
+def chat_set(tokenizer: Any, path: str | None, num_prompts: int) -> list[list[int]]:
+    """The chat prompts' token ids: the first ``num_prompts`` built-in questions, or of a .jsonl file."""
+    if path is None:
+        if not 1 <= num_prompts <= 8:
+            raise ValueError("--num-prompts must be between 1 and 8 for the built-in chat prompts")
+        return [chat_prompt_ids(tokenizer, i) for i in range(num_prompts)]
+    if num_prompts < 0:
+        raise ValueError("--num-prompts must be >= 0 (0: every prompt of --chat-prompts)")
+    return _file_set(tokenizer, path, "--chat-prompts")[:num_prompts or None]
+
+
+def _file_set(tokenizer: Any, path: str, flag: str) -> list[list[int]]:
     from specserve.train.data import load_prompts
 
     try:
         conversations = load_prompts(path)
     except OSError as exc:
-        raise ValueError(f"cannot read --rewrite-prompts {path}: {exc.strerror or exc}") from exc
+        raise ValueError(f"cannot read {flag} {path}: {exc.strerror or exc}") from exc
     if not conversations:
-        raise ValueError(f"--rewrite-prompts {path} holds no prompt")
+        raise ValueError(f"{flag} {path} holds no prompt")
     return [conversation_ids(tokenizer, c) for c in conversations]
 
 
@@ -91,44 +115,60 @@ def summarize(runs: list[SingleRun]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> BenchResult:
-    if not 1 <= args.num_prompts <= 8:
-        raise ValueError("--num-prompts must be between 1 and 8")
     machine = MachineInfo.read()
     bundle = load_bundle(args.model, args.dtype, args.device)
-    setups, notes = resolve_setups(args.configs, args.speculator, bundle.model_dir)
     tok = bundle.tokenizer
-    prompt_sets = {"chat": [chat_prompt_ids(tok, i) for i in range(args.num_prompts)],
+    prompt_sets = {"chat": chat_set(tok, args.chat_prompts, args.num_prompts),
                    "rewrite": rewrite_set(tok, args.rewrite_prompts)}
+    setups, notes = resolve_setups(args.configs, args.speculator, bundle.model_dir)
     bandwidth = measure_bandwidth(args.bandwidth_mib << 20, device=args.device)
     roofline = roofline_fields(bundle.model, bandwidth)
     result = BenchResult("latency", {
         "model": bundle.model_dir.name, "dtype": args.dtype, "device": args.device,
         "cuda_graphs": args.cuda_graphs, "max_tokens": args.max_tokens,
         "configs": [s._asdict() for s in setups], "speculator": args.speculator, "repeats": args.repeats,
-        "rewrite_prompts": args.rewrite_prompts,
+        "chat_prompts": args.chat_prompts, "rewrite_prompts": args.rewrite_prompts,
         "prompt_tokens": {k: [len(p) for p in v] for k, v in prompt_sets.items()},
-        "greedy": True, "ignore_eos": True}, machine, notes=notes)
+        "greedy": True, "ignore_eos": not args.stop_at_eos}, machine, notes=notes)
     bound = roofline["roofline_decode_tok_s"]
+    engines = []
     for setup in setups:
         engine = LLMEngine(build_engine_config(dtype=args.dtype, device=args.device,
                                                kv_cache_memory=args.kv_cache_memory,
                                                max_num_seqs=1, cuda_graphs=args.cuda_graphs,
                                                **setup.engine_kwargs), bundle)
         run_single(engine, prompt_sets["chat"][0], 8)  # warm-up (and first cost samples for auto)
-        for kind, prompts in prompt_sets.items():
-            before = engine.stats()
-            runs = [run_single(engine, p, args.max_tokens) for _ in range(args.repeats) for p in prompts]
-            spec = _spec_delta(before, engine.stats())
-            row = {"config": setup.label, "prompts": kind, **summarize(runs)}
+        engines.append(engine)
+    ignore_eos = not args.stop_at_eos
+    rows: dict[tuple[int, str], dict[str, Any]] = {}
+    histograms: dict[tuple[int, str], dict[str, Any]] = {}
+    for kind, prompts in prompt_sets.items():
+        before = [engine.stats() for engine in engines]
+        runs: list[list[SingleRun]] = [[] for _ in setups]
+        # Setups take turns request by request: their ratios then see the same machine.
+        for _ in range(args.repeats):
+            for prompt in prompts:
+                for index, engine in enumerate(engines):
+                    runs[index].append(run_single(engine, prompt, args.max_tokens, ignore_eos))
+        for index, setup in enumerate(setups):
+            spec = _spec_delta(before[index], engines[index].stats())
+            row = {"config": setup.label, "prompts": kind, **summarize(runs[index])}
             row["x_roofline"] = row["decode_tok_s"] / bound
             row["mean_accepted"] = spec["mean_accepted_tokens_per_step"]
-            result.rows.append(row)
+            rows[index, kind] = row
             if setup.speculator is not None:
-                result.tables.setdefault(HISTOGRAM_TABLE, []).append(
-                    {"config": setup.label, "prompts": kind, "spec_steps": spec["spec_steps"],
-                     "mean_accepted": spec["mean_accepted_tokens_per_step"],
-                     "histogram": spec["accepted_length_histogram"]})
-        del engine
+                histograms[index, kind] = {"config": setup.label, "prompts": kind, "spec_steps": spec["spec_steps"],
+                                           "mean_accepted": spec["mean_accepted_tokens_per_step"],
+                                           "histogram": spec["accepted_length_histogram"]}
+        off = next((rows[i, kind] for i, setup in enumerate(setups) if setup.speculator is None), None)
+        for index in range(len(setups)):  # decode speed against `off` on the same prompts
+            rows[index, kind]["x_off"] = rows[index, kind]["decode_tok_s"] / off["decode_tok_s"] if off else None
+    for index in range(len(setups)):
+        for kind in prompt_sets:
+            result.rows.append(rows[index, kind])
+            if (index, kind) in histograms:
+                result.tables.setdefault(HISTOGRAM_TABLE, []).append(histograms[index, kind])
+    del engines
     result.rows.append({"config": "roofline", "prompts": "-", "decode_tok_s": bound, "x_roofline": 1.0})
     result.extra.update(roofline)
     return result.finish(args)

@@ -61,3 +61,29 @@ def test_latency_rejects_a_missing_rewrite_file_in_one_line(tmp_path) -> None:
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("specserve: error: cannot read --rewrite-prompts")
+
+
+def test_latency_takes_chat_prompts_from_a_file_and_stops_at_eos(run_bench, tiny_llama_dir, bench_mlp_dir, tmp_path):
+    prompts = tmp_path / "chat.jsonl"
+    prompts.write_text('{"prompt": "Where is my parcel?"}\n'
+                       '{"messages": [{"role": "user", "content": "Cancel my order, please."}]}\n'
+                       '{"prompt": "How do I reset my password?"}\n')
+    result = run_bench("latency", "--model", str(tiny_llama_dir), "--configs", "off,mlp", "--max-tokens", "6",
+                       "--speculator", str(bench_mlp_dir), "--num-prompts", "2", "--chat-prompts", str(prompts),
+                       "--stop-at-eos", "--kv-cache-memory", "8MiB", "--bandwidth-mib", "8")
+    chat = [r for r in result["rows"] if r["prompts"] == "chat"]
+    assert [r["requests"] for r in chat] == [2, 2]  # the first 2 of the file's 3
+    assert result["config"]["chat_prompts"] == str(prompts) and result["config"]["ignore_eos"] is False
+    assert len(result["config"]["prompt_tokens"]["chat"]) == 2
+    for kind in ("chat", "rewrite"):
+        off, mlp = (next(r for r in result["rows"] if r["prompts"] == kind and r["config"] == c) for c in ("off", "mlp"))
+        assert off["x_off"] == 1.0
+        assert mlp["x_off"] == mlp["decode_tok_s"] / off["decode_tok_s"]
+
+
+def test_latency_takes_at_most_eight_built_in_chat_prompts(run_bench, tiny_llama_dir) -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="between 1 and 8"):
+        run_bench("latency", "--model", str(tiny_llama_dir), "--configs", "off", "--num-prompts", "9",
+                  "--max-tokens", "2", "--bandwidth-mib", "8")
