@@ -6,7 +6,9 @@
 #include "cpu_attention_impl.h"
 
 void specserve_attend_group_bf16dp(const void* q, const void* kc, const void* vc, void* out, int q0, int qn,
-                                   int q_len, int seq_len, const int32_t* table, const int32_t* key_pos,
-                                   int kvh0, int nkv, int H, int Hkv, int D, int bs, float scale) {
-  attend_group_impl(q, kc, vc, out, 2, q0, qn, q_len, seq_len, table, key_pos, kvh0, nkv, H, Hkv, D, bs, scale);
+                                   int q_len, int seq_len, const int32_t* table, const int32_t* tree_keys,
+                                   const int32_t* tree_vis, int kvh0, int nkv, int H, int Hkv, int D, int bs,
+                                   float scale) {
+  attend_group_impl(q, kc, vc, out, 2, q0, qn, q_len, seq_len, table, tree_keys, tree_vis, kvh0, nkv, H, Hkv, D, bs,
+                    scale);
 }

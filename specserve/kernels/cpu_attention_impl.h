@@ -139,15 +139,78 @@ ALWAYS_INLINE int acc_dim(int i) {
 }
 #endif
 
+// One row's scores against a block's keys (lanes in ``visible``), folded into its online softmax: the
+// row's probabilities go to s[r] (sb[r] in mode 2) for the P.V tiles, and its running max, sum and
+// accumulator are rescaled when the max grows. A row that sees no key of the block gets zeros.
+ALWAYS_INLINE void softmax_row(const int mode, int r, const char* const* kr, __mmask16 visible, int nc, int nc2,
+                               float scale, float (*qv)[MAX_DIM], float (*acc)[MAX_DIM], float (*s)[KEYS],
+                               float* row_max, float* row_sum, uint16_t (*qb)[MAX_DIM], uint16_t (*sb)[KEYS]) {
+  const int is_bf16 = mode != 0;
+  (void)nc2; (void)qb; (void)sb; (void)scale;
+  if (!visible) {
+    _mm512_store_ps(s[r], _mm512_setzero_ps());
+#ifdef ATTN_BF16_DP
+    if (mode == 2) memset(sb[r], 0, sizeof(sb[r]));
+#endif
+    return;
+  }
+  __m512 scores;
+#ifdef ATTN_BF16_DP
+  if (mode == 2) scores = _mm512_mul_ps(block_scores_dp(qb[r], kr, nc2), _mm512_set1_ps(scale));
+  else
+#endif
+  scores = block_scores(qv[r], kr, nc, is_bf16);
+  __m512 sv = _mm512_mask_blend_ps(visible, _mm512_set1_ps(-INFINITY), scores);
+  float block_max = _mm512_reduce_max_ps(sv);
+  float new_max = block_max > row_max[r] ? block_max : row_max[r];
+  __m512 p = _mm512_maskz_mov_ps(visible, exp512(_mm512_sub_ps(sv, _mm512_set1_ps(new_max))));
+  _mm512_store_ps(s[r], p);
+#ifdef ATTN_BF16_DP
+  if (mode == 2) _mm256_store_si256((__m256i*)sb[r], (__m256i)_mm512_cvtneps_pbh(p));
+#endif
+  if (new_max != row_max[r]) {
+    float correction = row_max[r] == -INFINITY ? 0.0f : expf(row_max[r] - new_max);
+    row_sum[r] *= correction;
+    __m512 cv = _mm512_set1_ps(correction);
+    for (int c = 0; c < nc; c++) _mm512_store_ps(acc[r] + 16 * c, _mm512_mul_ps(_mm512_load_ps(acc[r] + 16 * c), cv));
+    row_max[r] = new_max;
+  }
+  row_sum[r] += _mm512_reduce_add_ps(p);
+}
+
+// acc += P.V for ``count`` rows from ``base`` (of one KV head) against the block's first nk value rows
+// vr_ (both named at the call site).
+#ifdef ATTN_BF16_DP
+#define PV_ROWS(base, count)                                    \
+  do {                                                          \
+    const int base_ = (base);                                   \
+    if (mode == 2) FOR_ROW_GROUPS(count, TILE, PV_DP_AT);       \
+    else FOR_ROW_GROUPS(count, TILE, PV_AT);                    \
+  } while (0)
+#define PV_DP_AT(r0, nr) PV_CHUNKS_DP(base_ + (r0), nr, vr_)
+#else
+#define PV_ROWS(base, count)                                    \
+  do {                                                          \
+    const int base_ = (base);                                   \
+    FOR_ROW_GROUPS(count, TILE, PV_AT);                         \
+  } while (0)
+#endif
+#define PV_AT(r0, nr) PV_CHUNKS(base_ + (r0), nr, vr_)
+
 // Rows are (KV head, new token, query head of its group), KV-head-major, so each KV head's rows are
 // contiguous for the P.V tiles: nkv heads from kvh0, qn tokens from q0, G = H / Hkv heads each.
-// key_pos (NULL = none): the keys past the cached ones are not the next q_len positions but the listed
-// ones (absolute positions, in order), all visible; the caller passes the visible new tokens of one
-// query token so that its keys fall into the same blocks and lanes as in a plain decode step.
+// The new tokens are the last q_len of seq_len context positions. Without tree_keys they are causal:
+// token i sees every cached key and the new ones up to itself. With tree_keys (a token tree), token i
+// sees the cached keys and then tree_vis[i] new ones, tree_keys[i * q_len + k] (absolute positions, in
+// order), taken as if they sat right after the cache: the keys fall into the same blocks and lanes as
+// in a plain decode step of that token after its path was accepted, so the result is the same to the
+// bit (a masked pass over all new positions sums in another order, which bfloat16 turns into different
+// tokens now and then). The blocks of cached keys alone are shared by all tokens of the pass; the
+// blocks that reach the new keys run token by token, each with its own key rows.
 ALWAYS_INLINE void attend_group_impl(const void* q, const void* kc, const void* vc, void* out, const int mode,
                                      int q0, int qn, int q_len, int seq_len, const int32_t* table,
-                                     const int32_t* key_pos, int kvh0, int nkv, int H, int Hkv, int D, int bs,
-                                     float scale) {
+                                     const int32_t* tree_keys, const int32_t* tree_vis, int kvh0, int nkv,
+                                     int H, int Hkv, int D, int bs, float scale) {
   const int is_bf16 = mode != 0, G = H / Hkv, per_head = qn * G, rows = nkv * per_head;
   const int cached = seq_len - q_len, nc = D / 16, nc2 = D / 32;
   const size_t esz = is_bf16 ? 2 : 4, head_bytes = (size_t)D * esz, slot_bytes = (size_t)Hkv * head_bytes;
@@ -155,9 +218,13 @@ ALWAYS_INLINE void attend_group_impl(const void* q, const void* kc, const void* 
   float acc[MAX_ROWS][MAX_DIM] __attribute__((aligned(64)));
   float s[MAX_ROWS][KEYS] __attribute__((aligned(64)));
   float row_max[MAX_ROWS], row_sum[MAX_ROWS];
+  uint16_t (*qb)[MAX_DIM] = 0;
+  uint16_t (*sb)[KEYS] = 0;
 #ifdef ATTN_BF16_DP
-  uint16_t qb[MAX_ROWS][MAX_DIM] __attribute__((aligned(64)));  // mode 2: q as is (bfloat16)
-  uint16_t sb[MAX_ROWS][KEYS] __attribute__((aligned(64)));    // mode 2: probabilities in bfloat16
+  uint16_t qb_[MAX_ROWS][MAX_DIM] __attribute__((aligned(64)));  // mode 2: q as is (bfloat16)
+  uint16_t sb_[MAX_ROWS][KEYS] __attribute__((aligned(64)));    // mode 2: probabilities in bfloat16
+  qb = qb_;
+  sb = sb_;
 #endif
   (void)nc2;
   const char* krows[KEYS];
@@ -177,16 +244,51 @@ ALWAYS_INLINE void attend_group_impl(const void* q, const void* kc, const void* 
   }
   const char* kbase = (const char*)kc + kvh0 * head_bytes;
   const char* vbase = (const char*)vc + kvh0 * head_bytes;
-  for (int j0 = 0; j0 < seq_len; j0 += KEYS) {
+  int seq_end = seq_len;  // a tree pass ends with the token that sees the most keys
+  if (tree_keys) {
+    seq_end = cached;
+    for (int t = 0; t < qn; t++) seq_end = cached + tree_vis[q0 + t] > seq_end ? cached + tree_vis[q0 + t] : seq_end;
+  }
+  for (int j0 = 0; j0 < seq_end; j0 += KEYS) {
+    if (tree_keys && j0 + KEYS > cached) {
+      // A block that reaches the tree's keys: token by token, each with its keys after the cached ones.
+      for (int t = 0; t < qn; t++) {
+        const int i = q0 + t, nk = cached + tree_vis[i] - j0 < KEYS ? cached + tree_vis[i] - j0 : KEYS;
+        if (nk <= 0) continue;  // this token's keys ended in an earlier block
+        const int32_t* keys = tree_keys + (size_t)i * q_len;
+        for (int j = 0; j < KEYS; j++) {
+          if (j < nk) {
+            const int pos = j0 + j < cached ? j0 + j : keys[j0 + j - cached];
+            const size_t slot = (size_t)table[pos / bs] * bs + pos % bs;
+            krows[j] = kbase + slot * slot_bytes;
+            vrows[j] = vbase + slot * slot_bytes;
+          } else {
+            krows[j] = krows[0];
+            vrows[j] = vrows[0];
+          }
+        }
+        const __mmask16 visible = nk == KEYS ? (__mmask16)0xffff : (__mmask16)((1u << nk) - 1);
+        for (int hh = 0; hh < nkv; hh++) {
+          const char* kh[KEYS];
+          for (int j = 0; j < KEYS; j++) kh[j] = krows[j] + hh * head_bytes;
+          for (int g = 0; g < G; g++)
+            softmax_row(mode, hh * per_head + t * G + g, kh, visible, nc, nc2, scale, qv, acc, s, row_max, row_sum,
+                        qb, sb);
+        }
+        for (int hh = 0; hh < nkv; hh++) {
+          const char* vh[KEYS];
+          for (int j = 0; j < KEYS; j++) vh[j] = vrows[j] + hh * head_bytes;
+          const char* const* vr_ = vh;
+          PV_ROWS(hh * per_head + t * G, G);
+        }
+      }
+      continue;
+    }
     const int nk = seq_len - j0 < KEYS ? seq_len - j0 : KEYS;
     // Slot of each key: block-table entry and offset stepped along (no division per key).
     int blk = j0 / bs, off = j0 % bs;
     for (int j = 0; j < KEYS; j++) {
       size_t slot = (size_t)table[blk] * bs + off;
-      if (key_pos && j < nk && j0 + j >= cached) {  // a compacted key list: its new keys by position
-        const int p = key_pos[j0 + j - cached];
-        slot = (size_t)table[p / bs] * bs + p % bs;
-      }
       krows[j] = j < nk ? kbase + slot * slot_bytes : krows[0];
       vrows[j] = j < nk ? vbase + slot * slot_bytes : vrows[0];
       if (++off == bs) { off = 0; blk++; }
@@ -195,8 +297,8 @@ ALWAYS_INLINE void attend_group_impl(const void* q, const void* kc, const void* 
     // cache lines jump, by the block table, where the hardware prefetcher cannot follow).
     for (int j = 0; j < nk; j++)
       for (size_t b = 0; b < nkv * head_bytes; b += 64) _mm_prefetch(vrows[j] + b, _MM_HINT_T0);
-    if (j0 + KEYS < seq_len) {
-      int nblk = blk, noff = off, left = seq_len - j0 - KEYS < KEYS ? seq_len - j0 - KEYS : KEYS;
+    if (j0 + KEYS < seq_end) {
+      int nblk = blk, noff = off, left = seq_end - j0 - KEYS < KEYS ? seq_end - j0 - KEYS : KEYS;
       for (int j = 0; j < left; j++) {
         const size_t slot = (size_t)table[nblk] * bs + noff;
         for (size_t b = 0; b < nkv * head_bytes; b += 64) _mm_prefetch(kbase + slot * slot_bytes + b, _MM_HINT_T1);
@@ -213,58 +315,19 @@ ALWAYS_INLINE void attend_group_impl(const void* q, const void* kc, const void* 
       }
       for (int r = hh * per_head; r < (hh + 1) * per_head; r++) {
         __mmask16 visible = in_block;
-        if (!key_pos && j0 + nk > cached) {  // the block reaches the new tokens: causal
+        if (j0 + nk > cached) {  // the block reaches the new tokens: causal
           const int i = q0 + (r % per_head) / G;
           for (int j = 0; j < nk; j++)
             if (j0 + j > cached + i) visible &= (__mmask16)~(1u << j);
         }
-        if (!visible) {
-          _mm512_store_ps(s[r], _mm512_setzero_ps());
-#ifdef ATTN_BF16_DP
-          if (mode == 2) memset(sb[r], 0, sizeof(sb[r]));
-#endif
-          continue;
-        }
-        __m512 scores;
-#ifdef ATTN_BF16_DP
-        if (mode == 2) scores = _mm512_mul_ps(block_scores_dp(qb[r], kr, nc2), _mm512_set1_ps(scale));
-        else
-#endif
-        scores = block_scores(qv[r], kr, nc, is_bf16);
-        __m512 sv = _mm512_mask_blend_ps(visible, _mm512_set1_ps(-INFINITY), scores);
-        float block_max = _mm512_reduce_max_ps(sv);
-        float new_max = block_max > row_max[r] ? block_max : row_max[r];
-        __m512 p = _mm512_maskz_mov_ps(visible, exp512(_mm512_sub_ps(sv, _mm512_set1_ps(new_max))));
-        _mm512_store_ps(s[r], p);
-#ifdef ATTN_BF16_DP
-        if (mode == 2) _mm256_store_si256((__m256i*)sb[r], (__m256i)_mm512_cvtneps_pbh(p));
-#endif
-        if (new_max != row_max[r]) {
-          float correction = row_max[r] == -INFINITY ? 0.0f : expf(row_max[r] - new_max);
-          row_sum[r] *= correction;
-          __m512 cv = _mm512_set1_ps(correction);
-          for (int c = 0; c < nc; c++) _mm512_store_ps(acc[r] + 16 * c, _mm512_mul_ps(_mm512_load_ps(acc[r] + 16 * c), cv));
-          row_max[r] = new_max;
-        }
-        row_sum[r] += _mm512_reduce_add_ps(p);
+        softmax_row(mode, r, kr, visible, nc, nc2, scale, qv, acc, s, row_max, row_sum, qb, sb);
       }
     }
     for (int hh = 0; hh < nkv; hh++) {
       const char* vh[KEYS];
       for (int j = 0; j < KEYS; j++) vh[j] = vrows[j] + hh * head_bytes;
-      const char* const* vr = vh;
-      const int base = hh * per_head;
-#ifdef ATTN_BF16_DP
-      if (mode == 2) {
-#define PV_HEAD_ROWS_DP(r0, nr) PV_CHUNKS_DP(base + (r0), nr, vr)
-        FOR_ROW_GROUPS(per_head, TILE, PV_HEAD_ROWS_DP);
-#undef PV_HEAD_ROWS_DP
-        continue;
-      }
-#endif
-#define PV_HEAD_ROWS(r0, nr) PV_CHUNKS(base + (r0), nr, vr)
-      FOR_ROW_GROUPS(per_head, TILE, PV_HEAD_ROWS);
-#undef PV_HEAD_ROWS
+      const char* const* vr_ = vh;
+      PV_ROWS(hh * per_head, per_head);
     }
   }
   for (int r = 0; r < rows; r++) {

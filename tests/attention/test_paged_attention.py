@@ -145,22 +145,37 @@ def _kernel_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Ten
     return out
 
 
+# (cached, parents): a tree whose nodes spill from a part-filled block into the next; a chain of 11 with
+# two siblings (13 nodes: more tokens than one pass of the kernel takes) after a full block; a sibling
+# beside a one-draft chain at the very start of a block.
+TREES = [(109, [-1, 0, 0, 1, 2, 3, -1, 6, 4]),
+         (112, [-1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, -1, 0]),
+         (95, [-1, -1])]
+
+
 @pytest.mark.skipif(load_library() is None, reason="no AVX-512 CPU or no gcc here")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_tree_token_attends_exactly_as_a_decode_step_of_its_path(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("cached,parents", TREES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tree_token_attends_exactly_as_a_decode_step_of_its_path(dtype: torch.dtype, cached: int,
+                                                                  parents: list[int], threads: int) -> None:
     # Greedy speculation must give the tokens of plain decoding, so a tree node's attention must equal,
     # to the bit, that of a decode step after its path was accepted (its keys right after the cache).
-    # The cache ends 3 short of a 16-key block, so the tree's nodes spill into the next block.
+    # The kernel runs the blocks of cached keys for several tokens at once and the rest token by token.
     gen = torch.Generator().manual_seed(3)
-    cached, parents = 109, [-1, 0, 0, 1, 2, 3, -1, 6, 4]
     new = 1 + len(parents)
     keys = torch.randn(cached + new, 3, 64, generator=gen).to(dtype)
     values = torch.randn(cached + new, 3, 64, generator=gen).to(dtype)
     query = torch.randn(new, 9, 64, generator=gen).to(dtype)
     mask = tree_mask(1, parents)
-    tree_out = _kernel_attention(query, keys, values, cached, mask)
-    for i in range(new):
-        path = [cached + k for k in range(new) if mask[i, k]]  # the real token, ancestors, itself
-        index = torch.tensor(list(range(cached)) + path)
-        decode_out = _kernel_attention(query[i:i + 1], keys[index], values[index], cached + len(path) - 1, None)
-        assert torch.equal(tree_out[i], decode_out[0]), f"tree token {i}"
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        tree_out = _kernel_attention(query, keys, values, cached, mask)
+        for i in range(new):
+            path = [cached + k for k in range(new) if mask[i, k]]  # the real token, ancestors, itself
+            index = torch.tensor(list(range(cached)) + path)
+            decode_out = _kernel_attention(query[i:i + 1], keys[index], values[index], cached + len(path) - 1, None)
+            assert torch.equal(tree_out[i], decode_out[0]), f"tree token {i}"
+    finally:
+        torch.set_num_threads(before)
