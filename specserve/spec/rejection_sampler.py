@@ -60,12 +60,19 @@ def verify(logits: torch.Tensor, inputs: Sequence[VerifyInput],
         base = item.state
         rows.append(item.first_row)
         row_states.append(base)
+        # Only penalties and min_tokens read a row's history; other rows share the real token's state.
+        needs_history = base.params.has_penalties or base.params.min_tokens > 0
         for node in range(len(item.tree)):
-            history = base.output_token_ids + _path_to(item.tree, node)
             rows.append(item.first_row + 1 + node)
-            row_states.append(SamplingState(base.params, base.prompt_token_ids, history, base.generator))
-    row_index = torch.tensor(rows, device=logits.device)
-    raw = logits.index_select(0, row_index)
+            if needs_history:
+                history = base.output_token_ids + _path_to(item.tree, node)
+                row_states.append(SamplingState(base.params, base.prompt_token_ids, history, base.generator))
+            else:
+                row_states.append(base)
+    if rows == list(range(logits.shape[0])):
+        raw = logits  # the runner's rows, already in this order (a gather would only copy them)
+    else:
+        raw = logits.index_select(0, torch.tensor(rows, device=logits.device))
     scaled = apply_penalties_and_scaling(raw, row_states, eos_token_ids)  # [R, V]
     argmax = scaled.argmax(dim=-1).tolist()
     needs_probs = [i for i, s in enumerate(row_states) if not s.params.greedy]
