@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from specserve import LLM, SamplingParams
+from specserve.sample.sampler import SamplingState
 from specserve.spec.decoder import SpecDecoder
 from specserve.spec.draft_tree import DraftTree
 from specserve.spec.policy import SpeculationPolicy
 from specserve.spec.proposer import ProposalRequest
+from specserve.spec.rejection_sampler import VerifyInput, verify
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog. The quick brown fox",
@@ -165,3 +168,50 @@ def test_metrics_reported(tiny_bundle, reference) -> None:
     assert sum(stats["spec_accepted_length_histogram"].values()) == stats["spec_steps"]
     # the speculator's cost is timed on the steps that proposed drafts, against the base step
     assert stats["spec_proposal_ms_per_step"] > 0 and 0 < stats["spec_proposal_time_share"] < 100
+
+
+@pytest.mark.parametrize("penalties", [
+    dict(repetition_penalty=1.4, presence_penalty=0.6, frequency_penalty=0.4),
+    dict(min_tokens=20, stop_token_ids=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+], ids=["penalties", "min-tokens"])
+def test_penalties_and_min_tokens_under_speculation(tiny_bundle, penalties) -> None:
+    """Penalties and min_tokens under speculation give plain decoding's tokens: the oracle proposes the
+    penalised greedy continuation, which is accepted and comes out unchanged (the unit tests below
+    build the cases where a draft row's own path changes its penalty)."""
+    params = SamplingParams(temperature=0, max_tokens=24, **penalties)
+    plain = LLM(bundle=tiny_bundle)
+    reference = [list(o.outputs[0].token_ids) for o in plain.generate(PROMPTS, params)]
+    llm = LLM(bundle=tiny_bundle)
+    conts = {tuple(llm.tokenizer.encode(p)): ref for p, ref in zip(PROMPTS, reference)}
+    llm.engine.runner.attach_speculator(SpecDecoder(OracleProposer(conts), SpeculationPolicy("on", 3, 3)), 3, 3)
+    assert [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, params)] == reference
+    assert llm.stats()["spec_accepted_tokens"] > 0
+    assert llm.stats()["kv_blocks_in_use"] == 0
+
+
+def _one_hot_rows(rows: list[dict[int, float]], vocab: int = 10) -> torch.Tensor:
+    logits = torch.zeros(len(rows), vocab)
+    for i, row in enumerate(rows):
+        for token, value in row.items():
+            logits[i, token] = value
+    return logits
+
+
+def test_a_draft_row_is_penalised_for_the_tokens_of_its_path() -> None:
+    # Drafts 5, 5. Row 0 (the real token's) picks 5. Row 1 (after the first draft) prefers 5 by 2.0 to
+    # 1.9 for token 3, but 5 is in its path: with repetition penalty 1.4 it drops to ~1.43, so token 3.
+    params = SamplingParams(temperature=0, repetition_penalty=1.4)
+    state = SamplingState(params, [1, 2], [4])
+    logits = _one_hot_rows([{5: 2.0}, {5: 2.0, 3: 1.9}, {5: 2.0}])
+    result = verify(logits, [VerifyInput(DraftTree.chain([5, 5]), state, 0)], eos_token_ids=[0])[0]
+    assert result.token_ids == [5, 3] and result.accepted_nodes == [0]
+
+
+def test_min_tokens_counts_each_draft_rows_depth() -> None:
+    # One token out, min_tokens 3: EOS (0, the favourite everywhere) is barred at the real row and the
+    # first draft's row (2 tokens out), allowed at the second draft's row (3 out), so the bonus is EOS.
+    params = SamplingParams(temperature=0, min_tokens=3)
+    state = SamplingState(params, [1, 2], [4])
+    logits = _one_hot_rows([{0: 3.0, 6: 1.0}, {0: 3.0, 7: 1.0}, {0: 3.0, 8: 1.0}])
+    result = verify(logits, [VerifyInput(DraftTree.chain([6, 7]), state, 0)], eos_token_ids=[0])[0]
+    assert result.token_ids == [6, 7, 0]
