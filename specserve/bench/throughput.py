@@ -3,14 +3,16 @@
 For each concurrency c (the engine runs at most c requests at a time, ``max_num_seqs = c``) and each
 speculation setup, all requests are queued together and the engine runs until the last one ends.
 Reported: generated tokens/s over the whole run, requests/s, and the ratio to speculation off at the
-same concurrency (where adaptive speculation must not lose). Prompts are the chat prompts, each made
-distinct by a ticket number (they share the system prompt, so prefix caching helps as in real traffic);
-greedy, exactly ``--max-tokens`` tokens each.
+same concurrency (where adaptive speculation must not lose): of the fastest rounds (``x_off``), and the
+median, least and most of the ratios taken round by round (``x_off_round_*``), setups interleaved.
+Prompts are the chat prompts, each made distinct by a ticket number (they share the system prompt, so
+prefix caching helps as in real traffic); greedy, exactly ``--max-tokens`` tokens each.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 from specserve.bench.common import BenchResult, MachineInfo, chat_prompt_ids, parse_int_list
 from specserve.bench.configs import SETUP_NAMES, resolve_setups
@@ -33,7 +35,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-memory", default="1GiB")
     parser.add_argument("--max-num-batched-tokens", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=1,
-                        help="rounds per concurrency, the setups interleaved; each setup's fastest round is kept")
+                        help="rounds per concurrency, the setups interleaved; each setup's fastest round is kept, "
+                             "and the median, least and most of its per-round ratios to off are reported")
     parser.add_argument("--json", default=None, help="write the result here")
 
 
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> BenchResult:
             run_concurrent(engine, prompts[:concurrency], 8)
             engines.append(engine)
         best: dict[int, dict] = {}
+        rounds: dict[int, list[float]] = {index: [] for index in range(len(setups))}  # tokens/s per round
         # Rounds interleave the setups, so a slow spell of the shared machine hits them alike.
         for _ in range(args.repeats):
             for index, (setup, engine) in enumerate(zip(setups, engines)):
@@ -83,12 +87,20 @@ def run(args: argparse.Namespace) -> BenchResult:
                     "spec_steps": steps, "mean_accepted": emitted / steps if steps else None,
                     "preemptions": after["num_preemptions"] - before["num_preemptions"],
                 }
+                rounds[index].append(row["total_tok_s"])
                 if index not in best or row["total_tok_s"] > best[index]["total_tok_s"]:
                     best[index] = row
+        off_index = next((i for i, setup in enumerate(setups) if setup.speculator is None), None)
         for index, setup in enumerate(setups):
-            result.rows.append(best[index])
+            row = best[index]
+            if off_index is not None:
+                # Each round's ratio to `off` in the same round: a paired figure, robust to slow spells.
+                paired = [a / b for a, b in zip(rounds[index], rounds[off_index])]
+                row.update(x_off_round_median=statistics.median(paired), x_off_round_min=min(paired),
+                           x_off_round_max=max(paired))
+            result.rows.append(row)
             if setup.speculator is None:
-                baseline[concurrency] = best[index]["total_tok_s"]
+                baseline[concurrency] = row["total_tok_s"]
         del engines
     for row in result.rows:  # ratios once every setup ran, whatever the order of --configs
         off = baseline.get(row["concurrency"])

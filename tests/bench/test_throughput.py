@@ -19,6 +19,9 @@ def test_throughput_per_concurrency_and_setup(run_bench, tiny_llama_dir, bench_m
         assert row["x_off"] == pytest.approx(row["total_tok_s"] / next(
             r["total_tok_s"] for r in rows if r["config"] == "off" and r["concurrency"] == row["concurrency"]))
         assert (row["spec_steps"] > 0) == (row["config"] == "on (mlp)") or row["config"].startswith("auto")
+        assert row["x_off_round_min"] <= row["x_off_round_median"] <= row["x_off_round_max"]
+        if row["config"] == "off":
+            assert row["x_off_round_min"] == row["x_off_round_max"] == 1.0
     assert result["config"]["mean_prompt_tokens"] > 0
 
 
