@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Session 11 figures on the CPU: one request at a time on the speculator's 32 held-out chat prompts
+# (decode tokens/s, `auto` against `off`, setups taking turns request by request; with OLD=<checkout>
+# also that checkout's engine under this checkout's benchmark files), the built-in chat and rewrite
+# prompts, and `auto` against `off` at 1, 8 and 32 requests with per-round paired ratios.
+# Usage: bash benchmarks/session11_figures.sh [THREADS] -> benchmarks/results/s11_*
+# Set ONLY=name1,name2 to run a subset. Run it on an otherwise idle machine.
+source "$(dirname "$0")/figures_common.sh"
+OLD_SUFFIX=${OLD_SUFFIX:-_old}
+HELDOUT="latency --configs off,auto --chat-prompts specserve/train/data/prompts_heldout.jsonl --num-prompts 32
+  --stop-at-eos --max-tokens 128 --speculator default+ngram"
+run_both s11_latency_heldout_float32 bench $HELDOUT --dtype float32
+bench s11_latency_heldout_bfloat16 $HELDOUT --dtype bfloat16
+bench s11_latency_float32 latency --configs off,ngram,mlp,auto --num-prompts 8 --repeats 2 --max-tokens 128 \
+  --speculator default+ngram --dtype float32
+bench s11_throughput_c1 throughput --concurrency 1 --configs off,auto --max-tokens 128 --num-requests 32 \
+  --repeats 2 --speculator default+ngram --dtype float32
+bench s11_throughput_c8_c32 throughput --concurrency 8,32 --configs off,auto --max-tokens 128 --num-requests 32 \
+  --repeats 5 --speculator default+ngram --dtype float32
