@@ -4,6 +4,10 @@
 # also that checkout's engine under this checkout's benchmark files), the built-in chat and rewrite
 # prompts, and `auto` against `off` at 1, 8 and 32 requests with per-round paired ratios.
 # Usage: bash benchmarks/session11_figures.sh [THREADS] -> benchmarks/results/s11_*
+# The session-10 runs (*_old): OLD=<a worktree of 11af161 with this checkout's
+# specserve/bench/{latency,engine_runs}.py copied in> (its own latency benchmark has no --chat-prompts).
+# The attention kernel alone, this checkout against OLD: s11_attention_rows_cost.txt, from
+# `python benchmarks/attention_rows_cost.py` run in each (PYTHONPATH=<that checkout>).
 # Set ONLY=name1,name2 to run a subset. Run it on an otherwise idle machine.
 source "$(dirname "$0")/figures_common.sh"
 OLD_SUFFIX=${OLD_SUFFIX:-_old}
@@ -17,3 +21,9 @@ bench s11_throughput_c1 throughput --concurrency 1 --configs off,auto --max-toke
   --repeats 2 --speculator default+ngram --dtype float32
 bench s11_throughput_c8_c32 throughput --concurrency 8,32 --configs off,auto --max-tokens 128 --num-requests 32 \
   --repeats 5 --speculator default+ngram --dtype float32
+# Run again (3 rounds) after the first c1 run's two rounds gave 1.41x and 1.85x.
+bench s11_throughput_c1_round2 throughput --concurrency 1 --configs off,auto --max-tokens 128 --num-requests 32 \
+  --repeats 3 --speculator default+ngram --dtype float32
+# The same at one request with this engine and, with OLD set, session 10's (2 rounds each).
+run_both s11_throughput_c1_ab bench throughput --concurrency 1 --configs off,auto --max-tokens 128 --num-requests 32 \
+  --repeats 2 --speculator default+ngram --dtype float32
