@@ -35,6 +35,8 @@ typedef struct {
   float* out_scores;            // [M]: the chain's summed log-probabilities (under each stage's head)
   int64_t* out_second;          // [M, depth] or NULL: each stage's second-best token (chain siblings)
   float* out_second_logp;       // [M, depth] or NULL: its path's log-probability (chain prefix + it)
+  const int32_t* first_rank;    // [M] or NULL: 1 = the row's first token is its stage's runner-up, not
+                                // its best (a chain that continues a sibling at position 1)
 } MlpChain;
 
 ALWAYS_INLINE float get(const void* p, int64_t i, int bf16) {
@@ -108,8 +110,14 @@ void specserve_mlp_chain(const MlpChain* s) {
       float sum = _mm512_reduce_add_ps(acc);
       for (; r < s->head_rows; r++) sum += expf(get(s->logits, row + r, bf16) - best_value);
       const float log_sum = logf(sum), prefix = i == 0 ? 0.0f : s->out_scores[m];
-      s->out_scores[m] = prefix - log_sum;
-      s->out_tokens[(int64_t)m * s->depth + i] = s->vocab_map ? s->vocab_map[best] : best;
+      int chosen = best;
+      float chosen_logp = -log_sum;
+      if (i == 0 && s->first_rank && s->first_rank[m] == 1 && second >= 0) {
+        chosen = second;
+        chosen_logp = second_value - best_value - log_sum;
+      }
+      s->out_scores[m] = prefix + chosen_logp;
+      s->out_tokens[(int64_t)m * s->depth + i] = s->vocab_map ? s->vocab_map[chosen] : chosen;
       if (s->out_second) {  // a one-row head has no second token: -1
         const int64_t at = (int64_t)m * s->depth + i;
         s->out_second[at] = second < 0 ? -1 : (s->vocab_map ? s->vocab_map[second] : second);

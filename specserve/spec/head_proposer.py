@@ -8,7 +8,7 @@ from torch import nn
 from specserve.model.fast_linear import enable_fast_linear
 from specserve.spec.draft_tree import DraftTree
 from specserve.spec.proposer import ProposalRequest
-from specserve.spec.siblings import chain_with_siblings
+from specserve.spec.siblings import RUNNER_UP_CONTINUATION, chain_with_siblings
 
 
 def speculator_dtype(base_dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -49,6 +49,7 @@ class HeadProposer:
         self.num_candidates = num_candidates
         self.dtype = dtype
         self.chain_siblings = chain_siblings if hasattr(self.model, "propose_chain_siblings") else 0
+        self.runner_up_continuation = RUNNER_UP_CONTINUATION
 
     def propose(self, requests: list[ProposalRequest], hidden: torch.Tensor | None) -> list[DraftTree]:
         assert hidden is not None
@@ -60,10 +61,13 @@ class HeadProposer:
         top_k = [1] * depth if num_paths == 1 else self.top_k[:depth]
         last = torch.tensor([r.token_ids[-1] for r in requests], device=hidden.device)
         if num_paths == 1 and self.chain_siblings:
-            chains = self.model.propose_chain_siblings(hidden.to(self.dtype), last, depth)
+            chains = self.model.propose_chain_siblings(hidden.to(self.dtype), last, depth,
+                                                       runner_up_depth=1 + self.runner_up_continuation)
             tokens, siblings, logp = chains.tokens.tolist(), chains.siblings.tolist(), chains.sibling_logp.tolist()
+            runner_up = chains.runner_up.tolist() if chains.runner_up is not None else [None] * len(requests)
             return [chain_with_siblings(tokens[i][:r.max_depth], siblings[i][:r.max_depth], logp[i][:r.max_depth],
-                                        self.chain_siblings) if r.max_depth > 0 else DraftTree()
+                                        self.chain_siblings, runner_up[i] and runner_up[i][:r.max_depth])
+                    if r.max_depth > 0 else DraftTree()
                     for i, r in enumerate(requests)]
         paths, _ = self.model.propose_paths(hidden.to(self.dtype), last, top_k, num_paths)
         rows = paths.tolist()

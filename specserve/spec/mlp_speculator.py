@@ -203,12 +203,23 @@ class MLPSpeculator(nn.Module):
         return paths.gather(1, best.unsqueeze(2).expand(b, num_paths, paths.shape[2])), best_scores
 
     @torch.inference_mode()
-    def propose_chain_siblings(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int) -> ChainProposal:
+    def propose_chain_siblings(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int,
+                               runner_up_depth: int = 0) -> ChainProposal:
         """The single chain (as ``propose_paths`` with top-k 1) and each stage's second-best token,
-        for ``siblings.chain_with_siblings``. hidden [b, emb_dim], token_ids [b]."""
-        tokens, _, second, second_logp = self._chain(hidden, token_ids, depth, siblings=True)
+        for ``siblings.chain_with_siblings``. hidden [b, emb_dim], token_ids [b]. With
+        ``runner_up_depth`` n > 0, also the n-token chain that starts from the first stage's runner-up:
+        it runs as b more rows of the same stages (the products read each weight once for all rows)."""
+        b = hidden.shape[0]
+        if runner_up_depth <= 0 or depth <= 0:
+            tokens, _, second, second_logp = self._chain(hidden, token_ids, depth, siblings=True)
+            assert second is not None and second_logp is not None
+            return ChainProposal(tokens, second, second_logp)
+        rank = torch.cat([torch.zeros(b, dtype=torch.int32), torch.ones(b, dtype=torch.int32)])
+        tokens, _, second, second_logp = self._chain(torch.cat([hidden, hidden]), torch.cat([token_ids, token_ids]),
+                                                     max(depth, runner_up_depth), siblings=True, first_rank=rank)
         assert second is not None and second_logp is not None
-        return ChainProposal(tokens, second, second_logp)
+        return ChainProposal(tokens[:b, :depth], second[:b, :depth], second_logp[:b, :depth],
+                             tokens[b:, :runner_up_depth])
 
     def _propose_chain(self, hidden: torch.Tensor, token_ids: torch.Tensor,
                        depth: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,13 +231,16 @@ class MLPSpeculator(nn.Module):
         tokens, scores, _, _ = self._chain(hidden, token_ids, depth, siblings=False)
         return tokens.unsqueeze(1), scores.unsqueeze(1)
 
-    def _chain(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int,
-               siblings: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _chain(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int, siblings: bool,
+               first_rank: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Each stage's argmax fed to the next: tokens [b, depth] and their summed log-probability [b];
         with ``siblings``, also each stage's runner-up (-1: none) and its path's log-probability
-        [b, depth] (as ``siblings.ChainProposal``). The CPU kernel when it applies, PyTorch otherwise."""
+        [b, depth] (as ``siblings.ChainProposal``). ``first_rank`` [b] (0 or 1): rows with 1 take their
+        first stage's runner-up (where there is one) instead of its best token. The CPU kernel when it
+        applies, PyTorch otherwise."""
         if depth and self.cpu_chain is not None and self.cpu_chain.applies(hidden):
-            out = self.cpu_chain.propose(hidden, token_ids, depth, siblings=siblings)
+            out = self.cpu_chain.propose(hidden, token_ids, depth, siblings=siblings, first_rank=first_rank)
             return (out[0], out[1], out[2], out[3]) if siblings else (out[0], out[1], None, None)
         state = self.input_state(hidden)
         tokens = token_ids
@@ -237,11 +251,15 @@ class MLPSpeculator(nn.Module):
             logits = logits.float()
             best, top = logits.max(dim=-1)  # first index on ties, as torch.max and the kernel
             log_sum = torch.logsumexp(logits, dim=-1)
-            if siblings:
+            if siblings or (i == 0 and first_rank is not None):
                 runner_up, top2 = logits.scatter(-1, top.unsqueeze(-1), float("-inf")).max(dim=-1)
                 none = torch.isinf(runner_up)  # a one-row head has no second token
+            if siblings:
                 second.append(torch.where(none, -1, self.head_to_vocab(top2)))
                 second_logp.append(score + runner_up - log_sum)
+            if i == 0 and first_rank is not None:
+                take = (first_rank.to(top.device) == 1) & ~none
+                best, top = torch.where(take, runner_up, best), torch.where(take, top2, top)
             score = score + best - log_sum
             tokens = self.head_to_vocab(top)
             path.append(tokens)

@@ -7,9 +7,12 @@ A sibling costs one more verified row and no speculator work (the chain's stages
 logits it comes from), while a full second path of the top-k tree costs a stage per token. On the CPU
 the packed GEMM verifies 6 to 8 rows in about the time of 6 (the weights are read once either way).
 
-A sibling is a leaf: its own continuation would need the speculator's stages run from it. The tree is
-the chain's nodes first (node k-1 is the chain's k-th token), then the siblings, each hung on the chain
-node before its position, so ``chain_length`` tells the chain apart and the policy can price both.
+Siblings are leaves, except the one at position 1, which may carry a continuation: the chain that
+starts from the first stage's runner-up (the CPU kernel runs it beside the main chain, as a second row
+of the same products, so it costs verified rows and next to no speculator time). The tree is the
+chain's nodes first (node k-1 is the chain's k-th token), then the siblings, each hung on the chain
+node before its position, then the continuation under the position-1 sibling, so ``chain_length``
+tells the chain apart and the policy can price both.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ from typing import NamedTuple
 import torch
 
 from specserve.spec.draft_tree import DraftTree
+
+# Tokens verified after the position-1 sibling, from the chain that starts with it. When the chain's
+# first token is wrong and its runner-up right (~a fifth of those steps on held-out chat), each of them
+# can be accepted too, at a verified row each.
+RUNNER_UP_CONTINUATION = 2
 
 
 def default_chain_siblings(device: torch.device) -> int:
@@ -38,16 +46,30 @@ class ChainProposal(NamedTuple):
     tokens: torch.Tensor  # [b, depth]: each stage's best token, fed to the next stage
     siblings: torch.Tensor  # [b, depth]: each stage's second-best token (-1: none)
     sibling_logp: torch.Tensor  # [b, depth]: log-probability of the chain before it, then it
+    # [b, n] or None: the chain that starts from the position-1 sibling (column 0 is that sibling)
+    runner_up: torch.Tensor | None = None
 
 
-def chain_with_siblings(tokens: list[int], siblings: list[int], sibling_logp: list[float], count: int) -> DraftTree:
-    """The chain, then its ``count`` most likely siblings (by path log-probability) as leaves."""
+def chain_with_siblings(tokens: list[int], siblings: list[int], sibling_logp: list[float], count: int,
+                        runner_up: list[int] | None = None) -> DraftTree:
+    """The chain, then its ``count`` most likely siblings (by path log-probability) as leaves; when the
+    position-1 sibling is among them and ``runner_up`` (its chain, starting with it) is given, the rest
+    of that chain hangs under it."""
     tree = DraftTree.chain(tokens)
     ranked = sorted(((logp, k) for k, (sib, logp) in enumerate(zip(siblings, sibling_logp))
                      if sib >= 0 and sib != tokens[k]), reverse=True)
+    first_sibling = -1
     for _, k in ranked[:count]:
+        if k == 0:
+            first_sibling = len(tree.token_ids)
         tree.token_ids.append(siblings[k])
         tree.parents.append(k - 1)
+    if first_sibling >= 0 and runner_up and runner_up[0] == siblings[0]:
+        parent = first_sibling
+        for token in runner_up[1:]:
+            tree.token_ids.append(token)
+            tree.parents.append(parent)
+            parent = len(tree.token_ids) - 1
     return tree
 
 

@@ -61,6 +61,45 @@ def test_kernel_siblings_match_pytorch(dtype: torch.dtype, head_vocab: int) -> N
                                atol=1e-4 if dtype == torch.float32 else 0.15)
 
 
+def test_the_position_one_sibling_carries_the_runner_up_chain() -> None:
+    # the chain 10 11 12; siblings 20 (position 1) and 22; the runner-up chain 20 30 31 hangs under 20
+    tree = chain_with_siblings([10, 11, 12], [20, 21, 22], [-1.0, -4.0, -2.0], count=2, runner_up=[20, 30, 31])
+    assert tree.token_ids == [10, 11, 12, 20, 22, 30, 31]
+    assert tree.parents == [-1, 0, 1, -1, 1, 3, 5]
+    assert chain_length(tree) == 3
+    # no continuation when the position-1 sibling is not among the chosen, or is not the chain's start
+    assert chain_with_siblings([10, 11], [20, 21], [-5.0, -1.0], count=1, runner_up=[20, 30]).token_ids == [10, 11, 21]
+    assert chain_with_siblings([10, 11], [20, 21], [-1.0, -5.0], count=1, runner_up=[25, 30]).token_ids == [10, 11, 20]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_vocab", [0, 64])
+def test_runner_up_chain_starts_with_the_first_sibling_and_matches_pytorch(dtype: torch.dtype,
+                                                                         head_vocab: int) -> None:
+    model = random_speculator(dtype, head_vocab)
+    hidden = torch.randn(16, 48, generator=torch.Generator().manual_seed(5)).to(dtype)
+    last = torch.randint(0, 200, (16,), generator=torch.Generator().manual_seed(6))
+    plain = model.propose_chain_siblings(hidden, last, 5)
+    want = model.propose_chain_siblings(hidden, last, 5, runner_up_depth=3)
+    assert torch.equal(want.tokens, plain.tokens) and torch.equal(want.siblings, plain.siblings)
+    assert want.runner_up is not None and want.runner_up.shape == (16, 3)
+    assert torch.equal(want.runner_up[:, 0], want.siblings[:, 0])
+    # the runner-up chain is the chain the stages follow from that token: the same as running the
+    # speculator's stages by hand from the first stage's state
+    with torch.inference_mode():
+        state, _ = model.step(0, model.input_state(hidden), last)
+        tokens = want.runner_up[:, 0]
+        for i in range(1, 3):
+            state, logits = model.step(i, state, tokens)
+            tokens = model.head_to_vocab(logits.float().argmax(-1))
+            assert torch.equal(tokens, want.runner_up[:, i])
+    if not model.attach_cpu_chain():
+        pytest.skip("the CPU speculator kernel is not built here")
+    got = model.propose_chain_siblings(hidden, last, 5, runner_up_depth=3)
+    same = (got.runner_up == want.runner_up).all(1)
+    assert same.float().mean().item() == 1.0 if dtype == torch.float32 else same.float().mean().item() >= 0.8
+
+
 def test_sibling_chains_are_lossless(tiny_bundle, random_tied_mlp_dir) -> None:
     reference = greedy(LLM(bundle=tiny_bundle), PROMPTS)
     llm = LLM(bundle=tiny_bundle, speculator=str(random_tied_mlp_dir), speculation="on", num_candidates=1,
