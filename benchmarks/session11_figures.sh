@@ -27,3 +27,9 @@ bench s11_throughput_c1_round2 throughput --concurrency 1 --configs off,auto --m
 # The same at one request with this engine and, with OLD set, session 10's (2 rounds each).
 run_both s11_throughput_c1_ab bench throughput --concurrency 1 --configs off,auto --max-tokens 128 --num-requests 32 \
   --repeats 2 --speculator default+ngram --dtype float32
+# After the runner-up chain (the position-1 sibling's continuation): its A/B, and the held-out figures again.
+if want s11_runner_up_ab; then
+  "$PY" benchmarks/runner_up_ab.py --num-prompts 64 --offset 0 --lengths 0,2 --threads "$T" | tee "$OUT/s11_runner_up_ab.txt"
+fi
+bench s11_latency_heldout_float32_final $HELDOUT --dtype float32
+bench s11_latency_heldout_bfloat16_final $HELDOUT --dtype bfloat16
