@@ -33,3 +33,5 @@ if want s11_runner_up_ab; then
 fi
 bench s11_latency_heldout_float32_final $HELDOUT --dtype float32
 bench s11_latency_heldout_bfloat16_final $HELDOUT --dtype bfloat16
+bench s11_throughput_c8_c32_final throughput --concurrency 8,32 --configs off,auto --max-tokens 128 --num-requests 32 \
+  --repeats 5 --speculator default+ngram --dtype float32

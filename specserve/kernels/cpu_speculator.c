@@ -48,6 +48,47 @@ ALWAYS_INLINE void put(void* p, int64_t i, float v, int bf16) {
   else ((float*)p)[i] = v;
 }
 
+// The best and second-best of a row of n logits: the best is the first index of the largest value (as
+// torch.max), the second the first index of the largest among the others (-1 if every other one is
+// -inf). Vectorised: three passes over 16 values at a time, in place of a scalar scan with a branch per
+// value (the shipped 5-stage chain with its runner-up row: ~0.50 -> ~0.46 ms per proposal, least of 200).
+static void top_two(const void* logits, int64_t row, int n, int bf16, int* best, float* best_value, int* second,
+                    float* second_value) {
+  const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
+  __m512 acc = minus_inf;
+  int r = 0;
+  for (; r + 16 <= n; r += 16) acc = _mm512_max_ps(acc, load16(logits, row + r, bf16));
+  float top = _mm512_reduce_max_ps(acc);
+  for (; r < n; r++) { const float v = get(logits, row + r, bf16); if (v > top) top = v; }
+  int at = -1;
+  for (r = 0; r + 16 <= n && at < 0; r += 16) {
+    const __mmask16 hit = _mm512_cmp_ps_mask(load16(logits, row + r, bf16), _mm512_set1_ps(top), _CMP_EQ_OQ);
+    if (hit) at = r + __builtin_ctz(hit);
+  }
+  for (; r < n && at < 0; r++) if (get(logits, row + r, bf16) == top) at = r;
+  // the largest of the others: the best's lane masked out
+  acc = minus_inf;
+  for (r = 0; r + 16 <= n; r += 16) {
+    const __mmask16 keep = at >= r && at < r + 16 ? (__mmask16)~(1u << (at - r)) : (__mmask16)0xffff;
+    acc = _mm512_mask_max_ps(acc, keep, acc, load16(logits, row + r, bf16));
+  }
+  float next = _mm512_reduce_max_ps(acc);
+  for (; r < n; r++) { const float v = get(logits, row + r, bf16); if (r != at && v > next) next = v; }
+  int next_at = -1;
+  if (next > -INFINITY) {
+    for (r = 0; r + 16 <= n && next_at < 0; r += 16) {
+      __mmask16 hit = _mm512_cmp_ps_mask(load16(logits, row + r, bf16), _mm512_set1_ps(next), _CMP_EQ_OQ);
+      if (at >= r && at < r + 16) hit &= (__mmask16)~(1u << (at - r));
+      if (hit) next_at = r + __builtin_ctz(hit);
+    }
+    for (; r < n && next_at < 0; r++) if (r != at && get(logits, row + r, bf16) == next) next_at = r;
+  }
+  *best = at;
+  *best_value = top;
+  *second = next_at;
+  *second_value = next_at < 0 ? -INFINITY : next;
+}
+
 static void gemm(const MlpChain* s, const void* x, const void* packed, void* y, int N, int K) {
   if (s->is_bf16)
     specserve_gemm_packed_bf16((const uint16_t*)x, (const uint16_t*)packed, (uint16_t*)y, s->M, N, K, s->threads);
@@ -96,13 +137,9 @@ void specserve_mlp_chain(const MlpChain* s) {
     gemm(s, s->state, s->head[i], s->logits, s->head_rows, n);
     for (int m = 0; m < s->M; m++) {  // argmax (first index on ties, as torch.max) and its log-probability
       const int64_t row = (int64_t)m * s->head_rows;
-      int best = 0, second = -1;
-      float best_value = get(s->logits, row, bf16), second_value = -INFINITY;
-      for (int r = 1; r < s->head_rows; r++) {
-        const float v = get(s->logits, row + r, bf16);
-        if (v > best_value) { second_value = best_value; second = best; best_value = v; best = r; }
-        else if (v > second_value) { second_value = v; second = r; }
-      }
+      int best, second;
+      float best_value, second_value;
+      top_two(s->logits, row, s->head_rows, bf16, &best, &best_value, &second, &second_value);
       __m512 acc = _mm512_setzero_ps();
       int r = 0;
       for (; r + 16 <= s->head_rows; r += 16)

@@ -29,10 +29,14 @@ def test_siblings_hang_on_the_chain_by_path_probability() -> None:
     assert chain_length(DraftTree.from_paths([[1, 2], [3]])) == 2
 
 
-def random_speculator(dtype: torch.dtype, head_vocab: int = 0) -> MLPSpeculator:
+def random_speculator(dtype: torch.dtype, head_vocab: int = 0, zero_head: bool = False) -> MLPSpeculator:
     model = MLPSpeculator(MLPSpeculatorConfig(48, 200, 3, tie_weights=True, scale_input=True,
                                               head_vocab_size=head_vocab, num_lookahead_tokens=5))
     model.reset_parameters(torch.Generator().manual_seed(3))
+    if zero_head:  # every logit 0: every row ties
+        with torch.no_grad():
+            for head in model.head:
+                head.weight.zero_()
     if head_vocab:
         model.vocab_map = torch.randperm(200, generator=torch.Generator().manual_seed(4))[:head_vocab].sort().values
     model = model.to(dtype).eval()
@@ -59,6 +63,24 @@ def test_kernel_siblings_match_pytorch(dtype: torch.dtype, head_vocab: int) -> N
     assert same.float().mean().item() == 1.0 if dtype == torch.float32 else same.float().mean().item() >= 0.8
     torch.testing.assert_close(got.sibling_logp[same], want.sibling_logp[same], rtol=0,
                                atol=1e-4 if dtype == torch.float32 else 0.15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_vocab", [0, 64])
+def test_kernel_breaks_ties_as_pytorch(dtype: torch.dtype, head_vocab: int) -> None:
+    """A head of zeros ties every row: the best is the first index, the runner-up the second (torch.max's
+    first index on ties, then the first of the others), for the chain, its siblings and the runner-up."""
+    model = random_speculator(dtype, head_vocab, zero_head=True)
+    hidden = torch.randn(4, 48, generator=torch.Generator().manual_seed(5)).to(dtype)
+    last = torch.randint(0, 200, (4,), generator=torch.Generator().manual_seed(6))
+    want = model.propose_chain_siblings(hidden, last, 5, runner_up_depth=3)
+    first, second = model.head_to_vocab(torch.tensor(0)), model.head_to_vocab(torch.tensor(1))
+    assert (want.tokens == first).all() and (want.siblings == second).all()
+    if not model.attach_cpu_chain():
+        pytest.skip("the CPU speculator kernel is not built here")
+    got = model.propose_chain_siblings(hidden, last, 5, runner_up_depth=3)
+    assert torch.equal(got.tokens, want.tokens) and torch.equal(got.siblings, want.siblings)
+    assert torch.equal(got.runner_up, want.runner_up)
 
 
 def test_the_position_one_sibling_carries_the_runner_up_chain() -> None:
