@@ -35,3 +35,6 @@ bench s11_latency_heldout_float32_final $HELDOUT --dtype float32
 bench s11_latency_heldout_bfloat16_final $HELDOUT --dtype bfloat16
 bench s11_throughput_c8_c32_final throughput --concurrency 8,32 --configs off,auto --max-tokens 128 --num-requests 32 \
   --repeats 5 --speculator default+ngram --dtype float32
+# Every held-out prompt (243), the final engine.
+bench s11_latency_heldout_all_float32 latency --configs off,auto --chat-prompts specserve/train/data/prompts_heldout.jsonl \
+  --num-prompts 0 --stop-at-eos --max-tokens 128 --speculator default+ngram --dtype float32
