@@ -3,7 +3,8 @@ time on held-out chat prompts (stop at EOS), or N at once on the same prompts.
 
 Each component is wrapped in a timer (a few microseconds per call); components nest (the decoder call
 is inside the model forward, the kernel chain inside the proposal), so they do not add up. Prefill
-steps are included, so their share falls on fewer steps when speculation makes fewer of them.
+steps are included, so their share falls on fewer steps when speculation makes fewer of them; the
+decoder call's median by row count (20 calls or more) is printed apart for that reason.
 
     python benchmarks/step_breakdown.py --speculation off --num-prompts 32
     python benchmarks/step_breakdown.py --speculation auto --num-prompts 32 [--dtype bfloat16]
@@ -34,6 +35,21 @@ from specserve.train.data import default_prompt_file, load_prompts
 
 seconds: collections.Counter[str] = collections.Counter()
 calls: collections.Counter[str] = collections.Counter()
+decoder_by_rows: dict[int, list[float]] = collections.defaultdict(list)  # the decoder call's seconds by rows
+
+
+def time_decoder_by_rows() -> None:
+    inner = cpu_decoder.CpuDecoder.run
+
+    @functools.wraps(inner)
+    def wrapper(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return inner(self, x, *args, **kwargs)
+        finally:
+            decoder_by_rows[x.shape[0]].append(time.perf_counter() - started)
+
+    cpu_decoder.CpuDecoder.run = wrapper
 
 
 def timed(owner: Any, name: str, label: str) -> None:
@@ -68,6 +84,7 @@ def main() -> None:
             (spec_decoder.SpecDecoder, "verify", "verification"), (spec_decoder.SpecDecoder, "choose", "policy choose"),
             (model_runner, "build_input_batch", "input batch"), (model_runner.ModelRunner, "_move_slots", "KV moves")]:
         timed(owner, name, label)
+    time_decoder_by_rows()
     bundle = load_bundle(None, args.dtype, "cpu")
     convs = load_prompts(default_prompt_file("heldout"))[:args.num_prompts]
     prompts = [conversation_ids(bundle.tokenizer, c) for c in convs]
@@ -78,6 +95,7 @@ def main() -> None:
     run_single(engine, prompts[0], 8)  # warm-up
     seconds.clear()
     calls.clear()
+    decoder_by_rows.clear()
     steps_before, started = engine.num_steps, time.perf_counter()
     if args.concurrency == 1:
         tokens = sum(run_single(engine, p, 128, ignore_eos=False).num_tokens for p in prompts)
@@ -89,6 +107,11 @@ def main() -> None:
           f"{1e3 * wall / steps:.2f} ms per step")
     for label, total in sorted(seconds.items(), key=lambda item: -item[1]):
         print(f"  {label:18s} {1e3 * total / steps:7.3f} ms per step  ({calls[label]} calls)")
+    print("the decoder call by rows (a prefill chunk is one call of its length), median ms:")
+    for rows, times in sorted(decoder_by_rows.items()):
+        if len(times) >= 20:
+            times.sort()
+            print(f"  {rows:4d} rows: {1e3 * times[len(times) // 2]:6.2f}  ({len(times)} calls)")
 
 
 if __name__ == "__main__":
