@@ -48,45 +48,42 @@ ALWAYS_INLINE void put(void* p, int64_t i, float v, int bf16) {
   else ((float*)p)[i] = v;
 }
 
-// The best and second-best of a row of n logits: the best is the first index of the largest value (as
-// torch.max), the second the first index of the largest among the others (-1 if every other one is
-// -inf). Vectorised: three passes over 16 values at a time, in place of a scalar scan with a branch per
-// value (the shipped 5-stage chain with its runner-up row: ~0.50 -> ~0.46 ms per proposal, least of 200).
-static void top_two(const void* logits, int64_t row, int n, int bf16, int* best, float* best_value, int* second,
-                    float* second_value) {
-  const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
-  __m512 acc = minus_inf;
+// The largest of a row's n logits, lane ``skip`` left out (-1: none), and the first index holding
+// ``value`` other than ``skip`` (-1 if none), 16 values at a time.
+static float max_except(const void* logits, int64_t row, int n, int bf16, int skip) {
+  __m512 acc = _mm512_set1_ps(-INFINITY);
   int r = 0;
-  for (; r + 16 <= n; r += 16) acc = _mm512_max_ps(acc, load16(logits, row + r, bf16));
-  float top = _mm512_reduce_max_ps(acc);
-  for (; r < n; r++) { const float v = get(logits, row + r, bf16); if (v > top) top = v; }
-  int at = -1;
-  for (r = 0; r + 16 <= n && at < 0; r += 16) {
-    const __mmask16 hit = _mm512_cmp_ps_mask(load16(logits, row + r, bf16), _mm512_set1_ps(top), _CMP_EQ_OQ);
-    if (hit) at = r + __builtin_ctz(hit);
-  }
-  for (; r < n && at < 0; r++) if (get(logits, row + r, bf16) == top) at = r;
-  // the largest of the others: the best's lane masked out
-  acc = minus_inf;
-  for (r = 0; r + 16 <= n; r += 16) {
-    const __mmask16 keep = at >= r && at < r + 16 ? (__mmask16)~(1u << (at - r)) : (__mmask16)0xffff;
+  for (; r + 16 <= n; r += 16) {
+    const __mmask16 keep = skip >= r && skip < r + 16 ? (__mmask16)~(1u << (skip - r)) : (__mmask16)0xffff;
     acc = _mm512_mask_max_ps(acc, keep, acc, load16(logits, row + r, bf16));
   }
-  float next = _mm512_reduce_max_ps(acc);
-  for (; r < n; r++) { const float v = get(logits, row + r, bf16); if (r != at && v > next) next = v; }
-  int next_at = -1;
-  if (next > -INFINITY) {
-    for (r = 0; r + 16 <= n && next_at < 0; r += 16) {
-      __mmask16 hit = _mm512_cmp_ps_mask(load16(logits, row + r, bf16), _mm512_set1_ps(next), _CMP_EQ_OQ);
-      if (at >= r && at < r + 16) hit &= (__mmask16)~(1u << (at - r));
-      if (hit) next_at = r + __builtin_ctz(hit);
-    }
-    for (; r < n && next_at < 0; r++) if (r != at && get(logits, row + r, bf16) == next) next_at = r;
+  float top = _mm512_reduce_max_ps(acc);
+  for (; r < n; r++) { const float v = get(logits, row + r, bf16); if (r != skip && v > top) top = v; }
+  return top;
+}
+
+static int first_index_of(const void* logits, int64_t row, int n, int bf16, float value, int skip) {
+  int r = 0;
+  for (; r + 16 <= n; r += 16) {
+    __mmask16 hit = _mm512_cmp_ps_mask(load16(logits, row + r, bf16), _mm512_set1_ps(value), _CMP_EQ_OQ);
+    if (skip >= r && skip < r + 16) hit &= (__mmask16)~(1u << (skip - r));
+    if (hit) return r + __builtin_ctz(hit);
   }
-  *best = at;
-  *best_value = top;
-  *second = next_at;
-  *second_value = next_at < 0 ? -INFINITY : next;
+  for (; r < n; r++) if (r != skip && get(logits, row + r, bf16) == value) return r;
+  return -1;
+}
+
+// The best and second-best of a row of n logits: the best is the first index of the largest value (as
+// torch.max), the second the first index of the largest among the others (-1 if every other one is
+// -inf). Vectorised, in place of a scalar scan with a branch per value (the shipped 5-stage chain with
+// its runner-up row: ~0.50 -> ~0.46 ms per proposal, least of 200).
+static void top_two(const void* logits, int64_t row, int n, int bf16, int* best, float* best_value, int* second,
+                    float* second_value) {
+  *best_value = max_except(logits, row, n, bf16, -1);
+  *best = first_index_of(logits, row, n, bf16, *best_value, -1);
+  const float next = max_except(logits, row, n, bf16, *best);
+  *second = next > -INFINITY ? first_index_of(logits, row, n, bf16, next, *best) : -1;
+  *second_value = *second < 0 ? -INFINITY : next;
 }
 
 static void gemm(const MlpChain* s, const void* x, const void* packed, void* y, int N, int K) {
