@@ -154,6 +154,17 @@ def load_average_1m() -> float:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else -1.0
 
 
+def turn_order(num_setups: int, turn: int) -> list[int]:
+    """The order in which setups run at their ``turn``-th turn: forwards, then backwards (A B, B A, ...).
+
+    Why: with a fixed order the second setup always runs right after the first, so a trend of the
+    shared machine within each turn (a cache warmed, a neighbour's load rising) falls on one setup
+    only; alternating turns cancel a linear trend in the paired ratios.
+    """
+    order = list(range(num_setups))
+    return order if turn % 2 == 0 else order[::-1]
+
+
 def parse_int_list(text: str) -> list[int]:
     """'1,8,32' -> [1, 8, 32]; every value must be a positive integer."""
     try:

@@ -25,6 +25,7 @@ from specserve.bench.common import (
     chat_prompt_ids,
     conversation_ids,
     rewrite_prompt_ids,
+    turn_order,
 )
 from specserve.bench.configs import SETUP_NAMES, resolve_setups
 from specserve.bench.engine_runs import SingleRun, median, percentile, run_single
@@ -146,10 +147,9 @@ def run(args: argparse.Namespace) -> BenchResult:
         before = [engine.stats() for engine in engines]
         runs: list[list[SingleRun]] = [[] for _ in setups]
         # Setups take turns request by request: their ratios then see the same machine.
-        for _ in range(args.repeats):
-            for prompt in prompts:
-                for index, engine in enumerate(engines):
-                    runs[index].append(run_single(engine, prompt, args.max_tokens, ignore_eos))
+        for turn, prompt in enumerate(prompt for _ in range(args.repeats) for prompt in prompts):
+            for index in turn_order(len(engines), turn):
+                runs[index].append(run_single(engines[index], prompt, args.max_tokens, ignore_eos))
         for index, setup in enumerate(setups):
             spec = _spec_delta(before[index], engines[index].stats())
             row = {"config": setup.label, "prompts": kind, **summarize(runs[index])}

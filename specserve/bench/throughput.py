@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from specserve.bench.common import BenchResult, MachineInfo, chat_prompt_ids, parse_int_list
+from specserve.bench.common import BenchResult, MachineInfo, chat_prompt_ids, parse_int_list, turn_order
 from specserve.bench.configs import SETUP_NAMES, resolve_setups
 from specserve.bench.engine_runs import run_concurrent
 from specserve.engine.engine import LLMEngine
@@ -72,8 +72,9 @@ def run(args: argparse.Namespace) -> BenchResult:
         best: dict[int, dict] = {}
         rounds: dict[int, list[float]] = {index: [] for index in range(len(setups))}  # tokens/s per round
         # Rounds interleave the setups, so a slow spell of the shared machine hits them alike.
-        for _ in range(args.repeats):
-            for index, (setup, engine) in enumerate(zip(setups, engines)):
+        for round_index in range(args.repeats):
+            for index in turn_order(len(setups), round_index):
+                setup, engine = setups[index], engines[index]
                 engine.kv.reset_prefix_cache()
                 before = engine.stats()
                 seconds, tokens = run_concurrent(engine, prompts, args.max_tokens)

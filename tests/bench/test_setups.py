@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from specserve.bench.common import turn_order
 from specserve.bench.configs import resolve_setups
 
 MODEL_DIR = Path("SmolLM2-135M-Instruct.Q4_1-abc")  # only its name is read: the shipped speculator's key
@@ -25,3 +26,11 @@ def test_missing_speculator_is_skipped_with_a_note(tmp_path: Path) -> None:
     assert any("does not exist" in n for n in notes)
     with pytest.raises(ValueError, match="unknown configuration"):
         resolve_setups("fast", "default", MODEL_DIR)
+
+
+def test_setups_take_turns_forwards_then_backwards() -> None:
+    # Each setup runs first as often as last over an even number of turns, so a trend within a turn
+    # (the machine warming or slowing) does not fall on one setup only.
+    orders = [turn_order(3, turn) for turn in range(4)]
+    assert orders == [[0, 1, 2], [2, 1, 0], [0, 1, 2], [2, 1, 0]]
+    assert turn_order(1, 1) == [0]
