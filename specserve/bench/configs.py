@@ -9,6 +9,10 @@
 | ``mlp-auto`` | ``--speculator``                 | auto        |
 | ``on``       | ``mlp`` if available, else ``ngram`` | on      |
 | ``auto``     | ``mlp-auto`` if available, else ``ngram-auto`` | auto |
+| ``control``  | none: a second engine like ``off``  | -        |
+
+``control`` measures the benchmark's own noise: its ``x_off`` would be 1 on a quiet machine, so a
+setup's ratio to ``off`` means something only where it lies outside the control's.
 
 A learned speculator that is not there (the shipped one may not be trained yet) is skipped with a
 note, never an error: the other setups still run.
@@ -22,13 +26,18 @@ from typing import Any, NamedTuple
 from specserve.spec.checkpoint import SpeculatorLoadError
 from specserve.spec.factory import default_speculator_for
 
-SETUP_NAMES = ("off", "ngram", "ngram-auto", "mlp", "mlp-auto", "on", "auto")
+SETUP_NAMES = ("off", "ngram", "ngram-auto", "mlp", "mlp-auto", "on", "auto", "control")
 
 
 class SpecSetup(NamedTuple):
     label: str  # what tables show, e.g. "auto (mlp)"
     speculator: str | None
     speculation: str  # "on" | "auto" | "off"
+
+    @property
+    def is_baseline(self) -> bool:
+        """The setup every ``x_off`` is taken against (``control`` is plain too, but measured like the rest)."""
+        return self.label == "off"
 
     @property
     def engine_kwargs(self) -> dict[str, Any]:
@@ -59,8 +68,8 @@ def resolve_setups(names: str, speculator: str, model_dir: Path) -> tuple[list[S
     setups: list[SpecSetup] = []
     notes: list[str] = []
     for name in dict.fromkeys(wanted):
-        if name == "off":
-            setups.append(SpecSetup("off", None, "off"))
+        if name in ("off", "control"):
+            setups.append(SpecSetup(name, None, "off"))
         elif name in ("ngram", "ngram-auto"):
             setups.append(SpecSetup(name, "ngram", "on" if name == "ngram" else "auto"))
         elif name in ("mlp", "mlp-auto"):

@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                 histograms[index, kind] = {"config": setup.label, "prompts": kind, "spec_steps": spec["spec_steps"],
                                            "mean_accepted": spec["mean_accepted_tokens_per_step"],
                                            "histogram": spec["accepted_length_histogram"]}
-        off = next((rows[i, kind] for i, setup in enumerate(setups) if setup.speculator is None), None)
+        off = next((rows[i, kind] for i, setup in enumerate(setups) if setup.is_baseline), None)
         for index in range(len(setups)):  # decode speed against `off` on the same prompts
             rows[index, kind]["x_off"] = rows[index, kind]["decode_tok_s"] / off["decode_tok_s"] if off else None
     for index in range(len(setups)):

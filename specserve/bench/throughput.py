@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                 rounds[index].append(row["total_tok_s"])
                 if index not in best or row["total_tok_s"] > best[index]["total_tok_s"]:
                     best[index] = row
-        off_index = next((i for i, setup in enumerate(setups) if setup.speculator is None), None)
+        off_index = next((i for i, setup in enumerate(setups) if setup.is_baseline), None)
         for index, setup in enumerate(setups):
             row = best[index]
             if off_index is not None:
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                 row.update(x_off_round_median=statistics.median(paired), x_off_round_min=min(paired),
                            x_off_round_max=max(paired))
             result.rows.append(row)
-            if setup.speculator is None:
+            if setup.is_baseline:
                 baseline[concurrency] = row["total_tok_s"]
         del engines
     for row in result.rows:  # ratios once every setup ran, whatever the order of --configs

@@ -20,6 +20,12 @@ def test_shipped_speculator_runs_with_or_without_lookup(speculator: str) -> None
         ("off", None, "off"), ("mlp", speculator, "on"), ("auto (mlp)", speculator, "auto")]
 
 
+def test_control_is_a_plain_engine_but_not_the_baseline() -> None:
+    setups, _ = resolve_setups("control,off", "default", MODEL_DIR)
+    assert [(s.label, s.speculator, s.speculation, s.is_baseline) for s in setups] == [
+        ("control", None, "off", False), ("off", None, "off", True)]
+
+
 def test_missing_speculator_is_skipped_with_a_note(tmp_path: Path) -> None:
     setups, notes = resolve_setups("off,mlp,auto", f"{tmp_path / 'nope'}+ngram", MODEL_DIR)
     assert [s.label for s in setups] == ["off", "auto (ngram)"]

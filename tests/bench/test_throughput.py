@@ -25,6 +25,21 @@ def test_throughput_per_concurrency_and_setup(run_bench, tiny_llama_dir, bench_m
     assert result["config"]["mean_prompt_tokens"] > 0
 
 
+def test_a_control_engine_is_measured_against_off_not_taken_as_it(run_bench, tiny_llama_dir):
+    # `control` is a second plain engine: the noise floor of x_off. Listed first, it must still be
+    # measured against `off`, not become the baseline.
+    result = run_bench("throughput", "--model", str(tiny_llama_dir), "--configs", "control,off",
+                       "--concurrency", "2", "--num-requests", "4", "--max-tokens", "8",
+                       "--kv-cache-memory", "8MiB", "--repeats", "3")
+    rows = {r["config"]: r for r in result["rows"]}
+    assert set(rows) == {"control", "off"}
+    assert rows["off"]["x_off"] == 1.0 and rows["off"]["x_off_round_median"] == 1.0
+    control = rows["control"]
+    assert control["spec_steps"] == 0
+    assert control["x_off"] == pytest.approx(control["total_tok_s"] / rows["off"]["total_tok_s"])
+    assert control["x_off_round_min"] <= control["x_off_round_median"] <= control["x_off_round_max"]
+
+
 def test_throughput_rejects_bad_concurrency(run_bench, tiny_llama_dir):
     with pytest.raises(ValueError, match="positive integers"):
         run_bench("throughput", "--model", str(tiny_llama_dir), "--concurrency", "0,2")
