@@ -84,5 +84,6 @@ def build_spec_decoder(config: SpecConfig, model: torch.nn.Module, model_dir: Pa
                                             else config.chain_siblings)
     if config.num_speculative_tokens is not None:
         depth = min(depth, config.num_speculative_tokens) if proposer.needs_hidden else config.num_speculative_tokens
-    policy = SpeculationPolicy(config.speculation, depth, cands)
+    policy = SpeculationPolicy(config.speculation, depth, cands,
+                               chain_extra_nodes=getattr(proposer, "chain_extra_nodes", None))
     return SpecDecoder(proposer, policy), depth, cands

@@ -51,6 +51,13 @@ class HeadProposer:
         self.chain_siblings = chain_siblings if hasattr(self.model, "propose_chain_siblings") else 0
         self.runner_up_continuation = RUNNER_UP_CONTINUATION
 
+    def chain_extra_nodes(self, depth: int) -> int:
+        """Nodes a single chain of ``depth`` tokens carries at most besides its own: its siblings, and
+        the position-1 sibling's continuation (cut, as the chain, at ``depth`` tokens)."""
+        if not self.chain_siblings or depth <= 0:
+            return 0
+        return min(self.chain_siblings, depth) + min(self.runner_up_continuation, depth - 1)
+
     def propose(self, requests: list[ProposalRequest], hidden: torch.Tensor | None) -> list[DraftTree]:
         assert hidden is not None
         depth = min(self.max_depth, max((r.max_depth for r in requests), default=0))

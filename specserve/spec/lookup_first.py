@@ -41,6 +41,11 @@ class LookupFirstProposer:
                 trees[i] = tree
         return trees
 
+    def chain_extra_nodes(self, depth: int) -> int:
+        """As the model's (a lookup draft is a bare chain; the model's are priced, the dearer)."""
+        extra = getattr(self.model, "chain_extra_nodes", None)
+        return extra(depth) if extra is not None else 0
+
     def stats(self) -> dict[str, int]:
         return {"spec_lookup_proposals": self.num_lookup_proposals}
 

@@ -12,6 +12,9 @@ The choice maximises expected goodput, emitted tokens per second of step time:
   prefill, proportionally to n: an unmeasured larger batch is never assumed free. Prefill steps never
   enter the buckets themselves: a 1000-token prefill would make interpolated mid-size decode steps
   look far cheaper than they are.
+- A level whose step is more than twice the largest decode step timed so far (GROW_AT_MOST) is not
+  chosen: extrapolated that far, its price is a guess, and at 32 requests the guess made a fresh
+  engine's first decode steps 256 rows deep. Sizes grow by doubling, each timed before the next.
 - Proposing drafts costs time too (the speculator's forward, per request): measured apart from the
   base step (an EMA of seconds per proposing request at each level) and added to ``T`` for that level.
 - ``E[emitted]`` for a level is measured (``spec/acceptance.py``). For a chain of depth d it is
@@ -29,6 +32,7 @@ The choice maximises expected goodput, emitted tokens per second of step time:
   level already known to lose would cost throughput for nothing), or one whose size has not been timed
   for RETIME_AFTER steps, or a draft size timed only once, when at half its step time it would win: a
   timing taken in a slow spell must not price a level out for good because it is never taken again.
+  Re-timing runs only steps that cost at most RETIME_MAX_COST plain ones.
 
 With CUDA graphs (``graph_max_batch`` > 0), plain decode steps are replayed as graphs and cost a
 fraction of an eager step with the same tokens (at one request on an H200: 2.5 ms against ~12 ms),
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from specserve.spec.acceptance import AcceptanceStats, ChainAcceptance, ema, expected_emitted
@@ -84,6 +89,17 @@ RETIME_AFTER = 128
 # at half its step time (the machine runs 1.3-3x slower in its spells) it would win. On a saturated
 # batch the deep levels, predicted far behind, are then not re-timed at all (each such step is a loss).
 RETIME_WITHIN = 0.5
+# Re-timing only for a level whose step would cost at most this many plain steps: re-timing a deep level
+# of a 32-request batch (224 rows, ~6 plain steps of time for ~1.5x the tokens) cost a fresh engine
+# several percent of its throughput; at one request every level is within it (9 rows ~1.3 plain steps).
+RETIME_MAX_COST = 2.0
+# A drafting level is chosen only if its step is at most this much larger than the largest decode step
+# ever timed (or GROW_BY_TOKENS more): beyond it the cost is extrapolated from prefill's per-token rate,
+# which at 32 requests priced a 256-row verification step at a fraction of its cost (a fresh engine
+# drafted 7 tokens for all 32 requests in its first decode steps). Sizes are then reached by doubling,
+# each timed before the next is priced.
+GROW_AT_MOST = 2.0
+GROW_BY_TOKENS = 16
 # The plain step is timed again after this many decode steps without one: every level is judged against
 # it, so it must not go stale, but each such step gives up a drafting step's gain (at 128 the simulated
 # one-request goodput fell from 0.989x to 0.975x of the best fixed depth).
@@ -185,6 +201,10 @@ class StepCostModel:
         self.speed = ema(self.speed, seconds / record.shape, self.SPEED_DECAY)
         self.last_key = key
 
+    def largest_timed(self) -> int:
+        """The largest bucket of decode steps timed so far, of either kind (0 before any)."""
+        return max((key for records in self.records.values() for key in records), default=0)
+
     def num_timings(self, num_tokens: int, graphed: bool = False) -> int:
         """How many times this size's bucket was timed right after another (what sets its shape)."""
         record = self.records[graphed].get(self.bucket(num_tokens))
@@ -225,7 +245,11 @@ class StepCostModel:
 
 
 class SpeculationPolicy:
-    def __init__(self, mode: str, max_depth: int, max_candidates: int, explore_every: int = 16) -> None:
+    def __init__(self, mode: str, max_depth: int, max_candidates: int, explore_every: int = 16,
+                 chain_extra_nodes: Callable[[int], int] | None = None) -> None:
+        """``chain_extra_nodes(depth)``: the nodes a single chain of that depth carries besides its own
+        (the proposer's siblings, ``spec/siblings.py``), priced until levels have measured node counts."""
+        self.chain_extra_nodes = chain_extra_nodes or (lambda depth: 0)
         if mode not in ("auto", "on", "off"):
             raise ValueError(f"speculation must be auto, on or off, got {mode!r}")
         self.mode = mode
@@ -357,7 +381,11 @@ class SpeculationPolicy:
         tree steps, `auto` at one request on 8 held-out chat prompts took a two-path tree (a PyTorch
         proposal of ~7 ms against ~1.2 ms for the chain kernel) as its best level in 48 of ~450 steps."""
         prior_emitted = chain[min(level.depth, len(chain) - 1)]
-        prior_nodes = float(level.depth * level.candidates)
+        # Priced as a chain alone, a chain with siblings and the position-1 sibling's continuation was
+        # 3 rows per request short: at 8 requests a fresh engine took 4-token chains (64 rows, ~3 plain
+        # steps of time) for 40-row steps until their node counts were measured.
+        prior_nodes = float(level.depth * level.candidates
+                            + (self.chain_extra_nodes(level.depth) if level.candidates == 1 else 0))
         glob = self.global_stats
         if level not in glob.emitted:
             return prior_emitted, prior_nodes
@@ -390,6 +418,8 @@ class SpeculationPolicy:
         chains.update((rid, self.chain_emitted(rid, global_rates)) for rid in active if rid in self.request_chain)
         # A step without drafts replays a graph when no prompt chunk shares it and the batch fits one.
         plain_graphed = num_other_tokens == 0 and len(request_ids) <= self.graph_max_batch
+        largest = self.cost.largest_timed()
+        reachable = max(GROW_AT_MOST * largest, largest + GROW_BY_TOKENS)
         for level in self.levels:
             goodput = self._goodput(level, active, num_other_tokens + num_idle, num_idle, chains,
                                     graphed=plain_graphed and level.depth == 0)
@@ -397,6 +427,8 @@ class SpeculationPolicy:
                 best_level, rates = self.levels[0], {}
                 break
             rate, sizes[level] = goodput
+            if level.depth and sizes[level] > reachable:
+                continue  # priced by extrapolation only: time the sizes between first
             rates[level] = rate
             if level.depth == 0:
                 plain_rate = rate
@@ -408,8 +440,14 @@ class SpeculationPolicy:
             # A draft size timed only once may have been timed in a slow spell, which would price its
             # levels out for good (and the levels near it, whose cost is interpolated from it): one
             # more timing each, at most once per size in the engine's life.
+            plain_seconds = self.cost.predict(sizes[self.levels[0]], plain_graphed) or 0.0
+
+            def affordable(level: Level) -> bool:  # a re-timing step costs a few plain steps at most
+                return (self.cost.predict(sizes[level], plain_graphed and level.depth == 0) or 0.0) <= \
+                    RETIME_MAX_COST * plain_seconds
+
             retime = [level for level in rates if level.depth and self.cost.num_timings(sizes[level]) == 1
-                      and rates[level] >= RETIME_WITHIN * rates[best_level]]
+                      and rates[level] >= RETIME_WITHIN * rates[best_level] and affordable(level)]
             index = self.levels.index(best_level)
             neighbour = index + 1 if (self._step // self.explore_every) % 2 else index - 1
             candidate = self.levels[min(max(neighbour, 0), len(self.levels) - 1)]
@@ -421,9 +459,9 @@ class SpeculationPolicy:
                 best_level = plain
             elif retime:
                 best_level = max(retime, key=lambda level: rates[level])
-            elif (rates[candidate] >= EXPLORE_WITHIN * rates[best_level]
+            elif candidate in rates and (rates[candidate] >= EXPLORE_WITHIN * rates[best_level]
                     or (self.cost.age(sizes[candidate], plain_graphed and candidate.depth == 0) >= RETIME_AFTER
-                        and rates[candidate] >= RETIME_WITHIN * rates[best_level])):
+                        and rates[candidate] >= RETIME_WITHIN * rates[best_level] and affordable(candidate))):
                 best_level = candidate
         elif best_level.depth == 0 and rates:
             best_drafting = max((rate for level, rate in rates.items() if level.depth), default=0.0)

@@ -150,6 +150,29 @@ def test_saturated_machine_rarely_pays_for_drafts() -> None:
     assert drafted <= 2  # out of 200 steps
 
 
+def test_a_fresh_busy_batch_never_runs_a_step_dearer_than_two_plain_ones() -> None:
+    """A fresh engine meets 32 requests at once. Prefill's per-token rate is cheaper than a verified
+    row's (large GEMMs run closer to peak), so extrapolated from it, deep levels look cheap: the engine
+    drafted 7 tokens for all 32 requests (256 rows, ~8 plain steps of time) in its first decode steps,
+    and re-timed a 224-row level at its first exploration. Sizes must grow by doubling, each timed
+    before the next is priced, and re-timing must stay within two plain steps."""
+    policy = SpeculationPolicy("auto", max_depth=7, max_candidates=1)
+    rng = random.Random(0)
+    ids = [f"r{i}" for i in range(32)]
+    policy.observe_step(2048, 2048 * 0.001, decode_only=False)  # prefill: 1 ms a token, decode rows 4
+    steps = []
+    for _ in range(300):
+        largest = policy.cost.largest_timed()
+        levels = policy.choose(ids)
+        tokens, _ = draft_step(policy, ids, levels, rng, 0.6)
+        if largest:
+            assert tokens <= max(2 * largest, largest + 16)
+        policy.observe_step(tokens, compute_bound(tokens))
+        steps.append(tokens)
+    assert max(compute_bound(tokens) for tokens in steps) <= 2 * compute_bound(len(ids)) + 1e-9
+    assert sum(tokens > len(ids) for tokens in steps) <= 12  # ~one exploration step in 16 at most
+
+
 def test_untried_levels_inherit_the_measured_acceptance() -> None:
     policy = SpeculationPolicy("auto", max_depth=3, max_candidates=1)
     assert policy.expected(Level(3, 1), None)[0] == 4.0  # nothing measured: every draft accepted

@@ -10,6 +10,7 @@ from specserve import LLM
 from specserve.model.fast_linear import enable_fast_linear
 from specserve.spec.decoder import SpecDecoder
 from specserve.spec.draft_tree import DraftTree
+from specserve.spec.head_proposer import HeadProposer
 from specserve.spec.mlp_speculator import MLPSpeculator, MLPSpeculatorConfig
 from specserve.spec.policy import Level, SpeculationPolicy
 from specserve.spec.proposer import ProposalRequest
@@ -172,3 +173,20 @@ def test_accepted_siblings_stay_exact_and_are_priced(tiny_bundle, engine_args) -
     with_rescue = policy.expected(Level(3, 1), None)[0]
     policy.sibling_rescue = 0.0
     assert with_rescue == pytest.approx(policy.expected(Level(3, 1), None)[0] + rescue)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 5])
+def test_the_policy_prices_a_chain_with_the_nodes_its_siblings_add(depth: int) -> None:
+    # What the proposer says a chain carries besides its own tokens is what its trees hold at most,
+    # and held for some requests; the policy's prior node count for the level includes it.
+    proposer = HeadProposer("mlp", random_speculator(torch.float32), [1, 1, 1], 1, torch.float32,
+                            torch.device("cpu"), chain_siblings=1)
+    hidden = torch.randn(32, 48, generator=torch.Generator().manual_seed(7))
+    requests = [ProposalRequest(f"r{i}", [i % 200], 1, depth, 1) for i in range(32)]
+    sizes = [len(tree) for tree in proposer.propose(requests, hidden)]
+    extra = proposer.chain_extra_nodes(depth)
+    assert extra == 1 + min(2, depth - 1)
+    assert max(sizes) == depth + extra
+    policy = SpeculationPolicy("auto", 5, 1, chain_extra_nodes=proposer.chain_extra_nodes)
+    assert policy.expected(Level(depth, 1), None)[1] == depth + extra
+    assert SpeculationPolicy("auto", 5, 1).expected(Level(depth, 1), None)[1] == depth
