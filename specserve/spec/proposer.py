@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +21,9 @@ class ProposalRequest:
     max_depth: int  # at most this many tokens along any path
     # at most this many root-to-leaf paths, besides a single chain's siblings (spec/siblings.py)
     num_candidates: int
+    # drafts whose path the speculator finds less likely than this are not worth their verified row
+    # (spec/siblings.py; proposers without calibrated probabilities ignore it)
+    min_path_logp: float = -math.inf
 
 
 class Proposer(Protocol):

@@ -190,3 +190,52 @@ def test_the_policy_prices_a_chain_with_the_nodes_its_siblings_add(depth: int) -
     policy = SpeculationPolicy("auto", 5, 1, chain_extra_nodes=proposer.chain_extra_nodes)
     assert policy.expected(Level(depth, 1), None)[1] == depth + extra
     assert SpeculationPolicy("auto", 5, 1).expected(Level(depth, 1), None)[1] == depth
+
+
+def test_nodes_below_the_least_path_probability_are_left_out() -> None:
+    # chain 10 11 12 with path log-probabilities -0.1 -0.5 -2.0; siblings 20 21 22 at -1.0 -1.5 -3.0;
+    # the runner-up chain 20 30 31 at -1.0 -1.2 -2.5
+    args = ([10, 11, 12], [20, 21, 22], [-1.0, -1.5, -3.0], 2, [20, 30, 31], [-0.1, -0.5, -2.0], [-1.0, -1.2, -2.5])
+    full = chain_with_siblings(*args)
+    assert full.token_ids == [10, 11, 12, 20, 21, 30, 31]
+    cut = chain_with_siblings(*args, min_logp=-1.3)
+    assert cut.token_ids == [10, 11, 20, 30] and cut.parents == [-1, 0, -1, 2]
+    assert chain_length(cut) == 2
+    assert chain_with_siblings(*args, min_logp=-0.3).token_ids == [10]
+    assert chain_with_siblings(*args, min_logp=-0.05).token_ids == []  # nothing worth a row: a plain step
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_chain_log_probabilities_match_pytorch(dtype: torch.dtype) -> None:
+    model = random_speculator(dtype)
+    hidden = torch.randn(8, 48, generator=torch.Generator().manual_seed(8)).to(dtype)
+    last = torch.randint(0, 200, (8,), generator=torch.Generator().manual_seed(9))
+    want = model.propose_chain_siblings(hidden, last, 5, runner_up_depth=3)
+    assert want.chain_logp is not None and want.runner_up_logp is not None
+    # each position's figure is the chain's so far: it falls along the chain, and the runner-up chain
+    # starts at its sibling's path log-probability
+    assert (want.chain_logp.diff(dim=1) <= 0).all()
+    assert torch.allclose(want.runner_up_logp[:, 0], want.sibling_logp[:, 0])
+    if not model.attach_cpu_chain():
+        pytest.skip("the CPU speculator kernel is not built here")
+    got = model.propose_chain_siblings(hidden, last, 5, runner_up_depth=3)
+    same = (got.tokens == want.tokens).all(1) & (got.runner_up == want.runner_up).all(1)
+    tol = 1e-4 if dtype == torch.float32 else 0.05
+    assert torch.allclose(got.chain_logp[same], want.chain_logp[same], atol=tol)
+    assert torch.allclose(got.runner_up_logp[same], want.runner_up_logp[same], atol=tol)
+    assert same.float().mean().item() >= (1.0 if dtype == torch.float32 else 0.8)
+
+
+def test_pruned_chains_are_lossless(tiny_bundle, random_tied_mlp_dir) -> None:
+    reference = greedy(LLM(bundle=tiny_bundle), PROMPTS)
+    proposed = []
+    for min_path_prob in (0.0, 1e-9, 1e-6):
+        llm = LLM(bundle=tiny_bundle, speculator=str(random_tied_mlp_dir), speculation="on", num_candidates=1,
+                  chain_siblings=1)
+        llm.engine.runner.spec.policy.min_path_prob = min_path_prob  # "on" keeps what it is given
+        assert greedy(llm, PROMPTS) == reference
+        stats = llm.stats()
+        proposed.append(stats["spec_proposed_tokens"] / max(stats["spec_steps"], 1))
+        llm.engine.kv.check_integrity()
+    # a random speculator is unsure of everything: each threshold drops more of its drafts
+    assert proposed[0] > proposed[1] > proposed[2], proposed
