@@ -37,7 +37,6 @@ typedef struct {
   float* out_second_logp;       // [M, depth] or NULL: its path's log-probability (chain prefix + it)
   const int32_t* first_rank;    // [M] or NULL: 1 = the row's first token is its stage's runner-up, not
                                 // its best (a chain that continues a sibling at position 1)
-  float* out_chain_logp;        // [M, depth] or NULL: the chain's log-probability up to each stage
 } MlpChain;
 
 ALWAYS_INLINE float get(const void* p, int64_t i, int bf16) {
@@ -152,7 +151,6 @@ void specserve_mlp_chain(const MlpChain* s) {
         chosen_logp = second_value - best_value - log_sum;
       }
       s->out_scores[m] = prefix + chosen_logp;
-      if (s->out_chain_logp) s->out_chain_logp[(int64_t)m * s->depth + i] = s->out_scores[m];
       s->out_tokens[(int64_t)m * s->depth + i] = s->vocab_map ? s->vocab_map[chosen] : chosen;
       if (s->out_second) {  // a one-row head has no second token: -1
         const int64_t at = (int64_t)m * s->depth + i;

@@ -31,8 +31,7 @@ class MlpChainArgs(ctypes.Structure):  # mirrors MlpChain in cpu_speculator.c
                 + [(name, _F) for name in ("eps", "input_eps", "emb_scale", "state_weight")]
                 + [(name, _P) for name in ("hidden", "last_tokens", "emb", "proj", "ln_weight", "ln_bias", "head",
                                            "vocab_map", "state", "projected", "logits", "work", "out_tokens",
-                                           "out_scores", "out_second", "out_second_logp", "first_rank",
-                                           "out_chain_logp")])
+                                           "out_scores", "out_second", "out_second_logp", "first_rank")])
 
 
 def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array:
@@ -78,9 +77,8 @@ class CpuChain:
     def propose(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int,
                 siblings: bool = False, first_rank: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """hidden [M, emb_dim], token_ids [M] -> the chain's tokens [M, depth] and log-probabilities [M];
-        with ``siblings``, also each stage's second-best token [M, depth] (-1 where the head has one row),
-        the log-probability of its path, the chain before it and then it [M, depth], and the chain's own
-        log-probability up to each stage [M, depth].
+        with ``siblings``, also each stage's second-best token [M, depth] (-1 where the head has one row)
+        and the log-probability of its path, the chain before it and then it [M, depth].
         ``first_rank`` [M] (0 or 1): rows with 1 start from their first stage's runner-up instead of its
         best token (where the head has a second row) and follow the chain from there."""
         model, config = self.model, self.model.config
@@ -97,7 +95,6 @@ class CpuChain:
         scores = torch.zeros(m)
         second = torch.empty(m, depth, dtype=torch.int64) if siblings else None
         second_logp = torch.empty(m, depth) if siblings else None
-        chain_logp = torch.empty(m, depth) if siblings else None
         rank = None if first_rank is None else first_rank.to(torch.int32).contiguous()
         args = MlpChainArgs(
             M=m, depth=depth, emb_dim=config.emb_dim, inner=config.inner, head_rows=head_rows,
@@ -114,9 +111,8 @@ class CpuChain:
             work=self.work.data_ptr(), out_tokens=out.data_ptr(), out_scores=scores.data_ptr(),
             out_second=None if second is None else second.data_ptr(),
             out_second_logp=None if second_logp is None else second_logp.data_ptr(),
-            first_rank=None if rank is None else rank.data_ptr(),
-            out_chain_logp=None if chain_logp is None else chain_logp.data_ptr())
+            first_rank=None if rank is None else rank.data_ptr())
         loaded().mlp_chain(ctypes.byref(args))
         if second is not None:
-            return out, scores, second, second_logp, chain_logp
+            return out, scores, second, second_logp
         return out, scores

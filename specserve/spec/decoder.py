@@ -10,7 +10,6 @@ path afterwards.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -121,8 +120,6 @@ class SpecDecoder:
             level = self.levels[req.request_id]
             req.max_depth = min(req.max_depth, level.depth)
             req.num_candidates = level.candidates
-            if self.policy.min_path_prob > 0.0:
-                req.min_path_logp = math.log(self.policy.min_path_prob)
             if req.max_depth > 0:
                 index.append(i)
         trees = [DraftTree() for _ in requests]

@@ -72,13 +72,9 @@ class HeadProposer:
             chains = self.model.propose_chain_siblings(hidden.to(self.dtype), last, depth,
                                                        runner_up_depth=1 + continuation if continuation else 0)
             tokens, siblings, logp = chains.tokens.tolist(), chains.siblings.tolist(), chains.sibling_logp.tolist()
-            none = [None] * len(requests)
-            runner_up = chains.runner_up.tolist() if chains.runner_up is not None else none
-            chain_logp = chains.chain_logp.tolist() if chains.chain_logp is not None else none
-            runner_up_logp = chains.runner_up_logp.tolist() if chains.runner_up_logp is not None else none
+            runner_up = chains.runner_up.tolist() if chains.runner_up is not None else [None] * len(requests)
             return [chain_with_siblings(tokens[i][:r.max_depth], siblings[i][:r.max_depth], logp[i][:r.max_depth],
-                                        self.chain_siblings, runner_up[i] and runner_up[i][:r.max_depth],
-                                        chain_logp[i], runner_up_logp[i], r.min_path_logp)
+                                        self.chain_siblings, runner_up[i] and runner_up[i][:r.max_depth])
                     if r.max_depth > 0 else DraftTree()
                     for i, r in enumerate(requests)]
         paths, _ = self.model.propose_paths(hidden.to(self.dtype), last, top_k, num_paths)

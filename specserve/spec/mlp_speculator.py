@@ -211,16 +211,15 @@ class MLPSpeculator(nn.Module):
         it runs as b more rows of the same stages (the products read each weight once for all rows)."""
         b = hidden.shape[0]
         if runner_up_depth <= 0 or depth <= 0:
-            tokens, _, second, second_logp, chain_logp = self._chain(hidden, token_ids, depth, siblings=True)
+            tokens, _, second, second_logp = self._chain(hidden, token_ids, depth, siblings=True)
             assert second is not None and second_logp is not None
-            return ChainProposal(tokens, second, second_logp, chain_logp=chain_logp)
+            return ChainProposal(tokens, second, second_logp)
         rank = torch.cat([torch.zeros(b, dtype=torch.int32), torch.ones(b, dtype=torch.int32)])
-        tokens, _, second, second_logp, chain_logp = self._chain(
-            torch.cat([hidden, hidden]), torch.cat([token_ids, token_ids]), max(depth, runner_up_depth),
-            siblings=True, first_rank=rank)
-        assert second is not None and second_logp is not None and chain_logp is not None
+        tokens, _, second, second_logp = self._chain(torch.cat([hidden, hidden]), torch.cat([token_ids, token_ids]),
+                                                     max(depth, runner_up_depth), siblings=True, first_rank=rank)
+        assert second is not None and second_logp is not None
         return ChainProposal(tokens[:b, :depth], second[:b, :depth], second_logp[:b, :depth],
-                             tokens[b:, :runner_up_depth], chain_logp[:b, :depth], chain_logp[b:, :runner_up_depth])
+                             tokens[b:, :runner_up_depth])
 
     def _propose_chain(self, hidden: torch.Tensor, token_ids: torch.Tensor,
                        depth: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,24 +228,23 @@ class MLPSpeculator(nn.Module):
         The same path as the tree search with top-k 1 everywhere, in fewer operations: a decode step
         on this CPU is ~10 ms, so the few hundred microseconds of tree bookkeeping matter.
         """
-        tokens, scores, _, _, _ = self._chain(hidden, token_ids, depth, siblings=False)
+        tokens, scores, _, _ = self._chain(hidden, token_ids, depth, siblings=False)
         return tokens.unsqueeze(1), scores.unsqueeze(1)
 
     def _chain(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int, siblings: bool,
                first_rank: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Each stage's argmax fed to the next: tokens [b, depth] and their summed log-probability [b];
         with ``siblings``, also each stage's runner-up (-1: none) and its path's log-probability
-        [b, depth], and the chain's log-probability up to each stage [b, depth] (as
-        ``siblings.ChainProposal``). ``first_rank`` [b] (0 or 1): rows with 1 take their
+        [b, depth] (as ``siblings.ChainProposal``). ``first_rank`` [b] (0 or 1): rows with 1 take their
         first stage's runner-up (where there is one) instead of its best token. The CPU kernel when it
         applies, PyTorch otherwise."""
         if depth and self.cpu_chain is not None and self.cpu_chain.applies(hidden):
             out = self.cpu_chain.propose(hidden, token_ids, depth, siblings=siblings, first_rank=first_rank)
-            return (out[0], out[1], out[2], out[3], out[4]) if siblings else (out[0], out[1], None, None, None)
+            return (out[0], out[1], out[2], out[3]) if siblings else (out[0], out[1], None, None)
         state = self.input_state(hidden)
         tokens = token_ids
-        path, second, second_logp, chain_logp = [], [], [], []
+        path, second, second_logp = [], [], []
         score = torch.zeros(hidden.shape[0], device=hidden.device)
         for i in range(depth):
             state, logits = self.step(i, state, tokens)
@@ -263,15 +261,11 @@ class MLPSpeculator(nn.Module):
                 take = (first_rank.to(top.device) == 1) & ~none
                 best, top = torch.where(take, runner_up, best), torch.where(take, top2, top)
             score = score + best - log_sum
-            chain_logp.append(score)
             tokens = self.head_to_vocab(top)
             path.append(tokens)
         if not depth:
             empty = torch.empty(hidden.shape[0], 0, dtype=torch.long, device=hidden.device)
-            if not siblings:
-                return empty, score, None, None, None
-            return empty, score, empty, empty.float(), empty.float()
+            return empty, score, (empty if siblings else None), (empty.float() if siblings else None)
         if not siblings:
-            return torch.stack(path, 1), score, None, None, None
-        return (torch.stack(path, 1), score, torch.stack(second, 1), torch.stack(second_logp, 1),
-                torch.stack(chain_logp, 1))
+            return torch.stack(path, 1), score, None, None
+        return torch.stack(path, 1), score, torch.stack(second, 1), torch.stack(second_logp, 1)

@@ -100,9 +100,6 @@ RETIME_MAX_COST = 2.0
 # each timed before the next is priced.
 GROW_AT_MOST = 2.0
 GROW_BY_TOKENS = 16
-# The most that ``min_path_prob`` asks of a draft node: a cost model misled by a slow spell must not
-# drop drafts the speculator is fairly sure of.
-MAX_MIN_PATH_PROB = 0.3
 # The plain step is timed again after this many decode steps without one: every level is judged against
 # it, so it must not go stale, but each such step gives up a drafting step's gain (at 128 the simulated
 # one-request goodput fell from 0.989x to 0.975x of the best fixed depth).
@@ -282,8 +279,6 @@ class SpeculationPolicy:
         self._plain_streak: tuple[tuple[str, ...], int] | None = None  # (requests, other tokens) kept plain
         self.num_priced_steps = 0  # choose calls that priced every level (the others kept a plain streak)
         self.last_level: Level = self.levels[-1]
-        # The least path probability a draft node needs this step to be worth its verified row (0: all).
-        self.min_path_prob = 0.0
         self.outcome = DraftingOutcomeCheck()  # what drafting delivered against the plain prediction
 
     # ---- observations ------------------------------------------------------------------------
@@ -478,28 +473,8 @@ class SpeculationPolicy:
             else:
                 self.outcome.expect(len(request_ids), plain_rate)
         self.last_level = best_level
-        self.min_path_prob = self._min_path_prob(best_level, rates, sizes)
         active_set = set(active)
         return [best_level if rid in active_set else self.levels[0] for rid in request_ids]
-
-    def _min_path_prob(self, level: Level, rates: dict[Level, float], sizes: dict[Level, int]) -> float:
-        """The speculator probability below which a draft node costs more than it is expected to save.
-
-        A node's verified row costs the step's marginal time per row, (T(level) - T(plain)) / rows; an
-        accepted node saves the time of one emitted token at this level, 1 / goodput. Its expected
-        saving is its probability of acceptance times that, and the speculator's path probabilities
-        are calibrated, so nodes below row cost x goodput are dropped (``spec/siblings.py``). At one
-        request on the 2-core EPYC that is ~0.03: 7.2 -> 4.5 draft rows per step, tokens per step
-        2.38 -> 2.32, decode 1.79x -> 1.81x of `off` (32 held-out prompts).
-        """
-        plain = self.levels[0]
-        if not level.depth or level not in rates or plain not in sizes or level not in sizes:
-            return 0.0
-        rows = sizes[level] - sizes[plain]
-        step, plain_step = self.cost.predict(sizes[level]), self.cost.predict(sizes[plain])
-        if rows <= 0 or step is None or plain_step is None:
-            return 0.0
-        return min(max(step - plain_step, 0.0) / rows * rates[level], MAX_MIN_PATH_PROB)
 
     def _goodput(self, level: Level, request_ids: list[str], num_other_tokens: int, num_idle: int,
                  chains: dict[str | None, list[float]], graphed: bool = False) -> tuple[float, int] | None:

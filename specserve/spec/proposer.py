@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,9 +20,6 @@ class ProposalRequest:
     max_depth: int  # at most this many tokens along any path
     # at most this many root-to-leaf paths, besides a single chain's siblings (spec/siblings.py)
     num_candidates: int
-    # drafts whose path the speculator finds less likely than this are not worth their verified row
-    # (spec/siblings.py; proposers without calibrated probabilities ignore it)
-    min_path_logp: float = -math.inf
 
 
 class Proposer(Protocol):

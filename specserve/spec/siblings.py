@@ -17,7 +17,6 @@ tells the chain apart and the policy can price both.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -49,29 +48,16 @@ class ChainProposal(NamedTuple):
     sibling_logp: torch.Tensor  # [b, depth]: log-probability of the chain before it, then it
     # [b, n] or None: the chain that starts from the position-1 sibling (column 0 is that sibling)
     runner_up: torch.Tensor | None = None
-    chain_logp: torch.Tensor | None = None  # [b, depth]: the chain's log-probability up to each position
-    runner_up_logp: torch.Tensor | None = None  # [b, n]: the same for the runner-up chain
 
 
 def chain_with_siblings(tokens: list[int], siblings: list[int], sibling_logp: list[float], count: int,
-                        runner_up: list[int] | None = None, chain_logp: list[float] | None = None,
-                        runner_up_logp: list[float] | None = None, min_logp: float = -math.inf) -> DraftTree:
+                        runner_up: list[int] | None = None) -> DraftTree:
     """The chain, then its ``count`` most likely siblings (by path log-probability) as leaves; when the
     position-1 sibling is among them and ``runner_up`` (its chain, starting with it) is given, the rest
-    of that chain hangs under it.
-
-    ``min_logp``: nodes whose path the speculator gives a lower log-probability are left out (with the
-    chain's and the runner-up chain's per-position figures; the chain is cut at its first such node).
-    The speculator's probabilities are calibrated (on held-out chat a chain token it gives 0.2-0.3 is
-    accepted 29% of the time, 0.9-1.0: 98%), so this drops the rows least likely to pay for their cost.
-    """
-    if chain_logp is not None and min_logp > -math.inf:
-        kept = next((k for k, logp in enumerate(chain_logp) if logp < min_logp), len(tokens))
-        tokens, siblings, sibling_logp = tokens[:kept], siblings[:kept + 1], sibling_logp[:kept + 1]
+    of that chain hangs under it."""
     tree = DraftTree.chain(tokens)
     ranked = sorted(((logp, k) for k, (sib, logp) in enumerate(zip(siblings, sibling_logp))
-                     if sib >= 0 and (k >= len(tokens) or sib != tokens[k]) and logp >= min_logp),
-                    reverse=True)
+                     if sib >= 0 and sib != tokens[k]), reverse=True)
     first_sibling = -1
     for _, k in ranked[:count]:
         if k == 0:
@@ -80,9 +66,7 @@ def chain_with_siblings(tokens: list[int], siblings: list[int], sibling_logp: li
         tree.parents.append(k - 1)
     if first_sibling >= 0 and runner_up and runner_up[0] == siblings[0]:
         parent = first_sibling
-        for k, token in enumerate(runner_up[1:], start=1):
-            if runner_up_logp is not None and runner_up_logp[k] < min_logp:
-                break
+        for token in runner_up[1:]:
             tree.token_ids.append(token)
             tree.parents.append(parent)
             parent = len(tree.token_ids) - 1

@@ -345,25 +345,3 @@ def test_plain_streak_decides_as_pricing_every_step_would(graphs: bool, monkeypa
     alone = [levels[0].depth for levels in with_streak if len(levels) == 1]
     full = [levels[0].depth for levels in with_streak if len(levels) == 32]
     assert sum(d > 0 for d in alone) > len(alone) // 2 and sum(d > 0 for d in full) < len(full) // 8
-
-
-def test_the_least_path_probability_weighs_a_rows_cost_against_a_tokens_worth() -> None:
-    # A draft node is worth its verified row when its chance of acceptance times the time a token is
-    # worth (1 / goodput) exceeds the row's marginal cost: dearer rows ask more of it, plain steps nothing.
-    cheap_rows = SpeculationPolicy("auto", max_depth=3, max_candidates=1, explore_every=10**9)
-    train(cheap_rows, overhead_bound, accept_per_depth=0.8, batch=1)
-    assert cheap_rows.choose(["r0"])[0].depth > 0
-    assert 0.0 < cheap_rows.min_path_prob < 0.05
-
-    def dear_rows(n: int) -> float:
-        return 0.050 + 0.006 * n
-
-    dear = SpeculationPolicy("auto", max_depth=3, max_candidates=1, explore_every=10**9)
-    train(dear, dear_rows, accept_per_depth=0.8, batch=1)
-    assert dear.choose(["r0"])[0].depth > 0
-    assert dear.min_path_prob > 2 * cheap_rows.min_path_prob
-
-    saturated = SpeculationPolicy("auto", max_depth=3, max_candidates=1, explore_every=10**9)
-    train(saturated, compute_bound, accept_per_depth=0.3, batch=32)
-    assert saturated.choose([f"r{i}" for i in range(32)])[0] == Level(0, 1)
-    assert saturated.min_path_prob == 0.0
