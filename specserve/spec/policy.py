@@ -12,9 +12,9 @@ The choice maximises expected goodput, emitted tokens per second of step time:
   prefill, proportionally to n: an unmeasured larger batch is never assumed free. Prefill steps never
   enter the buckets themselves: a 1000-token prefill would make interpolated mid-size decode steps
   look far cheaper than they are.
-- A level whose step is more than twice the largest decode step timed so far (GROW_AT_MOST) is not
-  chosen: extrapolated that far, its price is a guess, and at 32 requests the guess made a fresh
-  engine's first decode steps 256 rows deep. Sizes grow by doubling, each timed before the next.
+- A level whose step is more than three times the largest decode step timed so far (GROW_AT_MOST) is
+  not chosen: extrapolated that far, its price is a guess, and at 32 requests the guess made a fresh
+  engine's first decode steps 256 rows deep. Sizes grow step by step, each timed before the next.
 - Proposing drafts costs time too (the speculator's forward, per request): measured apart from the
   base step (an EMA of seconds per proposing request at each level) and added to ``T`` for that level.
 - ``E[emitted]`` for a level is measured (``spec/acceptance.py``). For a chain of depth d it is
@@ -96,9 +96,11 @@ RETIME_MAX_COST = 2.0
 # A drafting level is chosen only if its step is at most this much larger than the largest decode step
 # ever timed (or GROW_BY_TOKENS more): beyond it the cost is extrapolated from prefill's per-token rate,
 # which at 32 requests priced a 256-row verification step at a fraction of its cost (a fresh engine
-# drafted 7 tokens for all 32 requests in its first decode steps). Sizes are then reached by doubling,
-# each timed before the next is priced.
-GROW_AT_MOST = 2.0
+# drafted 7 tokens for all 32 requests in its first decode steps). Sizes are then reached step by step,
+# each timed before the next is priced. Three, so that from plain steps of any batch the shallowest
+# chain is in reach with its sibling (3 rows a request): with less, a batch size would exist above
+# which drafting could never be tried, a batch-size threshold in disguise.
+GROW_AT_MOST = 3.0
 GROW_BY_TOKENS = 16
 # The plain step is timed again after this many decode steps without one: every level is judged against
 # it, so it must not go stale, but each such step gives up a drafting step's gain (at 128 the simulated
@@ -158,6 +160,7 @@ class StepCostModel:
         self.num_steps = 0  # decode steps observed
         self.prefill_token_shape: float | None = None  # seconds per prefill token at speed 1 (>= 16 tokens)
         self.warmed_up = False  # the first decode step is not timed (see observe)
+        self.largest_decode_tokens = 0  # the largest decode step timed (not its bucket: see GROW_AT_MOST)
 
     @staticmethod
     def bucket(num_tokens: int) -> int:
@@ -191,6 +194,7 @@ class StepCostModel:
             return
         key = (graphed, self.bucket(num_tokens))
         self.num_steps += 1
+        self.largest_decode_tokens = max(self.largest_decode_tokens, num_tokens)
         record = self.records[graphed].get(key[1])
         if record is None:
             record = self.records[graphed][key[1]] = BucketTiming(seconds / self.speed, 1, self.num_steps)
@@ -202,8 +206,8 @@ class StepCostModel:
         self.last_key = key
 
     def largest_timed(self) -> int:
-        """The largest bucket of decode steps timed so far, of either kind (0 before any)."""
-        return max((key for records in self.records.values() for key in records), default=0)
+        """The most batched tokens of a decode step timed so far, of either kind (0 before any)."""
+        return self.largest_decode_tokens
 
     def num_timings(self, num_tokens: int, graphed: bool = False) -> int:
         """How many times this size's bucket was timed right after another (what sets its shape)."""

@@ -147,15 +147,18 @@ def test_saturated_machine_rarely_pays_for_drafts() -> None:
             if level.depth:  # half the steps accept one draft: requests keep speculating, at a loss
                 policy.observe_request(rid, level, 1 + step % 2, level.depth * level.candidates)
         policy.observe_step(tokens, compute_bound(tokens))
-    assert drafted <= 2  # out of 200 steps
+    # out of 200 steps: one exploration in 32 reaches the one-token level once a lucky step (every other
+    # step here accepts everything) has put it within EXPLORE_WITHIN of plain steps
+    assert drafted <= 4
 
 
-def test_a_fresh_busy_batch_never_runs_a_step_dearer_than_two_plain_ones() -> None:
+def test_a_fresh_busy_batch_never_runs_a_step_dearer_than_three_plain_ones() -> None:
     """A fresh engine meets 32 requests at once. Prefill's per-token rate is cheaper than a verified
     row's (large GEMMs run closer to peak), so extrapolated from it, deep levels look cheap: the engine
     drafted 7 tokens for all 32 requests (256 rows, ~8 plain steps of time) in its first decode steps,
-    and re-timed a 224-row level at its first exploration. Sizes must grow by doubling, each timed
-    before the next is priced, and re-timing must stay within two plain steps."""
+    and re-timed a 224-row level at its first exploration. Sizes must grow at most threefold, each
+    timed before the next is priced (one-token drafts for every request stay in reach), and no step may
+    cost more than three plain ones."""
     policy = SpeculationPolicy("auto", max_depth=7, max_candidates=1)
     rng = random.Random(0)
     ids = [f"r{i}" for i in range(32)]
@@ -166,10 +169,10 @@ def test_a_fresh_busy_batch_never_runs_a_step_dearer_than_two_plain_ones() -> No
         levels = policy.choose(ids)
         tokens, _ = draft_step(policy, ids, levels, rng, 0.6)
         if largest:
-            assert tokens <= max(2 * largest, largest + 16)
+            assert tokens <= max(3 * largest, largest + 16)
         policy.observe_step(tokens, compute_bound(tokens))
         steps.append(tokens)
-    assert max(compute_bound(tokens) for tokens in steps) <= 2 * compute_bound(len(ids)) + 1e-9
+    assert max(compute_bound(tokens) for tokens in steps) <= 3 * compute_bound(len(ids)) + 1e-9
     assert sum(tokens > len(ids) for tokens in steps) <= 12  # ~one exploration step in 16 at most
 
 
@@ -345,3 +348,21 @@ def test_plain_streak_decides_as_pricing_every_step_would(graphs: bool, monkeypa
     alone = [levels[0].depth for levels in with_streak if len(levels) == 1]
     full = [levels[0].depth for levels in with_streak if len(levels) == 32]
     assert sum(d > 0 for d in alone) > len(alone) // 2 and sum(d > 0 for d in full) < len(full) // 8
+
+
+@pytest.mark.parametrize("batch", [8, 32, 64, 128])
+def test_one_token_chains_with_a_sibling_stay_in_reach_at_any_batch(batch: int) -> None:
+    # Grown from plain steps alone, the shallowest chain with its sibling and nothing more (3 rows a
+    # request) must be priced at every batch size: otherwise drafting could never start above some size.
+    policy = SpeculationPolicy("auto", max_depth=3, max_candidates=1, explore_every=10**9,
+                               chain_extra_nodes=lambda depth: 1 + min(2, depth - 1))
+
+    def cheap_rows(n: int) -> float:  # rows almost free: drafting pays at any batch
+        return 0.050 + 0.00001 * n
+
+    policy.observe_step(4 * batch, cheap_rows(4 * batch), decode_only=False)
+    ids = [f"r{i}" for i in range(batch)]
+    for _ in range(3):  # plain steps only (the first is not timed)
+        policy.observe_step(batch, cheap_rows(batch))
+    assert policy.cost.largest_timed() == batch
+    assert policy.choose(ids)[0].depth >= 1
