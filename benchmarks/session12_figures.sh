@@ -33,3 +33,6 @@ if want s12_cold_start; then
     done
   done | tee "$OUT/s12_cold_start.txt"
 fi
+# Every held-out prompt (243), the final engine.
+bench s12_latency_heldout_all_float32 latency --configs off,auto --chat-prompts specserve/train/data/prompts_heldout.jsonl \
+  --num-prompts 0 --stop-at-eos --max-tokens 128 --speculator default+ngram --dtype float32
