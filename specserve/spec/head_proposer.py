@@ -68,9 +68,11 @@ class HeadProposer:
         top_k = [1] * depth if num_paths == 1 else self.top_k[:depth]
         last = torch.tensor([r.token_ids[-1] for r in requests], device=hidden.device)
         if num_paths == 1 and self.chain_siblings:
-            continuation = self.runner_up_continuation  # 0: no runner-up row at all
+            # The runner-up chain is cut at the depth asked, as the main one: below 2 it adds nothing to
+            # the sibling itself, and stages past ``depth`` would run for tokens no tree keeps.
+            runner_up_depth = min(1 + self.runner_up_continuation, depth)
             chains = self.model.propose_chain_siblings(hidden.to(self.dtype), last, depth,
-                                                       runner_up_depth=1 + continuation if continuation else 0)
+                                                       runner_up_depth=runner_up_depth if runner_up_depth > 1 else 0)
             tokens, siblings, logp = chains.tokens.tolist(), chains.siblings.tolist(), chains.sibling_logp.tolist()
             runner_up = chains.runner_up.tolist() if chains.runner_up is not None else [None] * len(requests)
             return [chain_with_siblings(tokens[i][:r.max_depth], siblings[i][:r.max_depth], logp[i][:r.max_depth],
