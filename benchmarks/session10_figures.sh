@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Note: benchmarks/siblings_ab.py and benchmarks/runner_up_ab.py were removed in session 13 (the beam of
+# spec/chain_beam.py replaced the MLP speculator's siblings and runner-up chain): run this at 95eaf93 or earlier.
 # Session 10 figures on the CPU: chain siblings against none on 32 held-out chat prompts (one request at
 # a time, forced chain and `auto`), then `auto` against `off` at 1, 8 and 32 requests and one-request
 # latency, with this checkout's code (siblings on by default on a CPU).

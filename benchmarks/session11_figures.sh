@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Note: benchmarks/siblings_ab.py and benchmarks/runner_up_ab.py were removed in session 13 (the beam of
+# spec/chain_beam.py replaced the MLP speculator's siblings and runner-up chain): run this at 95eaf93 or earlier.
 # Session 11 figures on the CPU: one request at a time on the speculator's 32 held-out chat prompts
 # (decode tokens/s, `auto` against `off`, setups taking turns request by request; with OLD=<checkout>
 # also that checkout's engine under this checkout's benchmark files), the built-in chat and rewrite

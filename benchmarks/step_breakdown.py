@@ -8,6 +8,8 @@ decoder call's median by row count (20 calls or more) is printed apart for that 
 
     python benchmarks/step_breakdown.py --speculation off --num-prompts 32
     python benchmarks/step_breakdown.py --speculation auto --num-prompts 32 [--dtype bfloat16]
+    python benchmarks/step_breakdown.py --speculation off,auto --num-prompts 32   # one request at a time:
+        # the engines take turns prompt by prompt (A B, B A, ...), so both see the same spells of load
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ from specserve.engine.model_setup import load_bundle
 from specserve.model.llama import LlamaForCausalLM
 from specserve.train.data import default_prompt_file, load_prompts
 
-seconds: collections.Counter[str] = collections.Counter()
-calls: collections.Counter[str] = collections.Counter()
-decoder_by_rows: dict[int, list[float]] = collections.defaultdict(list)  # the decoder call's seconds by rows
+# Per engine (the setup being run), as the engines may take turns in one process.
+current = ["off"]
+seconds: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+calls: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+# the decoder call's seconds by rows
+decoder_by_rows: dict[str, dict[int, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
 
 
 def time_decoder_by_rows() -> None:
@@ -47,7 +52,7 @@ def time_decoder_by_rows() -> None:
         try:
             return inner(self, x, *args, **kwargs)
         finally:
-            decoder_by_rows[x.shape[0]].append(time.perf_counter() - started)
+            decoder_by_rows[current[0]][x.shape[0]].append(time.perf_counter() - started)
 
     cpu_decoder.CpuDecoder.run = wrapper
 
@@ -61,15 +66,32 @@ def timed(owner: Any, name: str, label: str) -> None:
         try:
             return inner(*args, **kwargs)
         finally:
-            seconds[label] += time.perf_counter() - started
-            calls[label] += 1
+            seconds[current[0]][label] += time.perf_counter() - started
+            calls[current[0]][label] += 1
 
     setattr(owner, name, wrapper)
 
 
+def report(setup: str, dtype: str, concurrency: int, num_prompts: int, tokens: int, wall: float,
+           steps: int) -> None:
+    print(f"speculation {setup}, {dtype}, {concurrency} at once, {num_prompts} held-out "
+          f"prompts: {tokens / wall:.1f} tok/s, {steps} steps, {tokens / steps:.3f} tokens per step, "
+          f"{1e3 * wall / steps:.2f} ms per step")
+    for label, total in sorted(seconds[setup].items(), key=lambda item: -item[1]):
+        print(f"  {label:18s} {1e3 * total / steps:7.3f} ms per step  ({calls[setup][label]} calls)")
+    print("the decoder call by rows (a prefill chunk is one call of its length), ms: median (10th-90th percentile)")
+    for rows, times in sorted(decoder_by_rows[setup].items()):
+        if len(times) >= 20:
+            times.sort()
+            n = len(times)
+            print(f"  {rows:4d} rows: {1e3 * times[n // 2]:6.2f}  ({1e3 * times[n // 10]:.2f}-{1e3 * times[9 * n // 10]:.2f}, "
+                  f"{n} calls)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--speculation", default="auto", choices=["off", "auto", "on"])
+    parser.add_argument("--speculation", default="auto",
+                        help="off, auto or on; several (off,auto) take turns prompt by prompt, one request at a time")
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -88,30 +110,40 @@ def main() -> None:
     bundle = load_bundle(None, args.dtype, "cpu")
     convs = load_prompts(default_prompt_file("heldout"))[:args.num_prompts]
     prompts = [conversation_ids(bundle.tokenizer, c) for c in convs]
-    speculator = None if args.speculation == "off" else "default+ngram"
-    engine = LLMEngine(build_engine_config(dtype=args.dtype, device="cpu", kv_cache_memory="1GiB",
-                                           max_num_seqs=args.concurrency, speculator=speculator,
-                                           speculation=args.speculation), bundle)
-    run_single(engine, prompts[0], 8)  # warm-up
+    setups = args.speculation.split(",")
+    if any(s not in ("off", "auto", "on") for s in setups) or (len(setups) > 1 and args.concurrency != 1):
+        parser.error("--speculation takes off, auto or on; several only with --concurrency 1")
+    engines = {}
+    for setup in setups:
+        engines[setup] = LLMEngine(build_engine_config(
+            dtype=args.dtype, device="cpu", kv_cache_memory="1GiB", max_num_seqs=args.concurrency,
+            speculator=None if setup == "off" else "default+ngram", speculation=setup), bundle)
+        current[0] = setup
+        run_single(engines[setup], prompts[0], 8)  # warm-up
     seconds.clear()
     calls.clear()
     decoder_by_rows.clear()
-    steps_before, started = engine.num_steps, time.perf_counter()
+    steps_before = {setup: engine.num_steps for setup, engine in engines.items()}
+    wall = dict.fromkeys(setups, 0.0)
+    tokens = dict.fromkeys(setups, 0)
     if args.concurrency == 1:
-        tokens = sum(run_single(engine, p, 128, ignore_eos=False).num_tokens for p in prompts)
+        for turn, prompt in enumerate(prompts):
+            for setup in (setups if turn % 2 == 0 else setups[::-1]):
+                current[0] = setup
+                started = time.perf_counter()
+                tokens[setup] += run_single(engines[setup], prompt, 128, ignore_eos=False).num_tokens
+                wall[setup] += time.perf_counter() - started
     else:
-        _, tokens = run_concurrent(engine, prompts, 128)
-    wall, steps = time.perf_counter() - started, engine.num_steps - steps_before
-    print(f"speculation {args.speculation}, {args.dtype}, {args.concurrency} at once, {len(prompts)} held-out "
-          f"prompts: {tokens / wall:.1f} tok/s, {steps} steps, {tokens / steps:.3f} tokens per step, "
-          f"{1e3 * wall / steps:.2f} ms per step")
-    for label, total in sorted(seconds.items(), key=lambda item: -item[1]):
-        print(f"  {label:18s} {1e3 * total / steps:7.3f} ms per step  ({calls[label]} calls)")
-    print("the decoder call by rows (a prefill chunk is one call of its length), median ms:")
-    for rows, times in sorted(decoder_by_rows.items()):
-        if len(times) >= 20:
-            times.sort()
-            print(f"  {rows:4d} rows: {1e3 * times[len(times) // 2]:6.2f}  ({len(times)} calls)")
+        started = time.perf_counter()
+        _, tokens[setups[0]] = run_concurrent(engines[setups[0]], prompts, 128)
+        wall[setups[0]] = time.perf_counter() - started
+    for setup in setups:
+        report(setup, args.dtype, args.concurrency, len(prompts), tokens[setup], wall[setup],
+               engines[setup].num_steps - steps_before[setup])
+    if len(setups) > 1:
+        base = setups[0]
+        for setup in setups[1:]:
+            print(f"{setup} against {base}: {(tokens[setup] / wall[setup]) / (tokens[base] / wall[base]):.3f}x")
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     spec.add_argument("--num-speculative-tokens", type=int, default=None, help="max draft depth")
     spec.add_argument("--num-candidates", type=int, default=None, help="max candidate paths per request")
     spec.add_argument("--chain-siblings", type=int, default=None,
-                      help="second-best tokens verified beside each single chain (MLP speculator, Medusa; "
-                           "default: 1 on a CPU, 0 elsewhere)")
+                      help="nodes beside each single chain: an MLP speculator's beam when above 0, Medusa's "
+                           "second-best tokens at that many positions (default: 1 on a CPU, 0 elsewhere)")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:

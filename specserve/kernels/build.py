@@ -47,6 +47,7 @@ class CpuKernels:
     silu_mul: Any
     llama_decoder: Any
     mlp_chain: Any
+    mlp_beam: Any
 
 
 _library: CpuKernels | None = None
@@ -104,7 +105,8 @@ def _bind(lib: ctypes.CDLL, has_bf16: bool) -> CpuKernels:
            "specserve_add_rms_norm": [_VOIDP] * 5 + [_INT, _INT, _FLOAT, _INT],
            "specserve_rope_write_kv": [_VOIDP] * 7 + [_INT] * 5,
            "specserve_silu_mul": [_VOIDP] * 2 + [_INT] * 3,
-           "specserve_llama_decoder": [_VOIDP] * 2, "specserve_mlp_chain": [_VOIDP]}
+           "specserve_llama_decoder": [_VOIDP] * 2, "specserve_mlp_chain": [_VOIDP],
+           "specserve_mlp_beam": [_VOIDP]}
     for name, args in fns.items():
         fn = getattr(lib, name)
         fn.argtypes = args
@@ -117,7 +119,7 @@ def _bind(lib: ctypes.CDLL, has_bf16: bool) -> CpuKernels:
                       paged_attention=lib.specserve_paged_attention,
                       add_rms_norm=lib.specserve_add_rms_norm, rope_write_kv=lib.specserve_rope_write_kv,
                       silu_mul=lib.specserve_silu_mul, llama_decoder=lib.specserve_llama_decoder,
-                      mlp_chain=lib.specserve_mlp_chain)
+                      mlp_chain=lib.specserve_mlp_chain, mlp_beam=lib.specserve_mlp_beam)
 
 
 def load_library() -> CpuKernels | None:

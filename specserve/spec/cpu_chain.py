@@ -1,7 +1,9 @@
-"""An MLP speculator's single-chain proposal in one kernel call on CPU (kernels/cpu_speculator.c).
+"""An MLP speculator's single-chain proposal, and its beam, in one kernel call on CPU
+(kernels/cpu_speculator.c).
 
 ``CpuChain.propose(hidden, token_ids, depth)`` returns the same kind of result as the PyTorch chain
-(each stage's argmax fed to the next stage), without its ~25 small ops per proposal. It applies when the
+(each stage's argmax fed to the next stage), without its ~25 small ops per proposal;
+``CpuChain.propose_beam`` the same as ``MLPSpeculator.propose_beam``. It applies when the
 speculator runs on CPU in float32 or bfloat16 with panel-packed copies of every proj and head weight
 (``enable_fast_linear``), outside autograd; ``CpuChain.build`` returns None otherwise and the caller keeps
 the PyTorch path. SPECSERVE_CPU_CHAIN=0 turns it off.
@@ -31,7 +33,15 @@ class MlpChainArgs(ctypes.Structure):  # mirrors MlpChain in cpu_speculator.c
                 + [(name, _F) for name in ("eps", "input_eps", "emb_scale", "state_weight")]
                 + [(name, _P) for name in ("hidden", "last_tokens", "emb", "proj", "ln_weight", "ln_bias", "head",
                                            "vocab_map", "state", "projected", "logits", "work", "out_tokens",
-                                           "out_scores", "out_second", "out_second_logp", "first_rank")])
+                                           "out_scores")])
+
+
+class MlpBeamArgs(ctypes.Structure):  # mirrors MlpBeam in cpu_speculator.c
+    _fields_ = [("chain", ctypes.POINTER(MlpChainArgs)), ("width", _I)] + [
+        (name, _P) for name in ("next_state", "row_tokens", "row_logp", "out_tokens", "out_logp", "out_source")]
+
+
+BEAM_MAX_WIDTH = 8  # as in cpu_speculator.c
 
 
 def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array:
@@ -70,34 +80,23 @@ class CpuChain:
             return None
         return cls(model)
 
-    def applies(self, hidden: torch.Tensor) -> bool:
+    def applies(self, hidden: torch.Tensor, rows_per_request: int = 1) -> bool:
         return (hidden.device.type == "cpu" and hidden.dtype == self.dtype and hidden.dim() == 2
-                and 1 <= hidden.shape[0] <= PACKED_MAX_ROWS[self.dtype] and not torch.is_grad_enabled())
+                and 1 <= hidden.shape[0] * rows_per_request <= PACKED_MAX_ROWS[self.dtype]
+                and not torch.is_grad_enabled())
 
-    def propose(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int,
-                siblings: bool = False, first_rank: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """hidden [M, emb_dim], token_ids [M] -> the chain's tokens [M, depth] and log-probabilities [M];
-        with ``siblings``, also each stage's second-best token [M, depth] (-1 where the head has one row)
-        and the log-probability of its path, the chain before it and then it [M, depth].
-        ``first_rank`` [M] (0 or 1): rows with 1 start from their first stage's runner-up instead of its
-        best token (where the head has a second row) and follow the chain from there."""
+    def _args(self, hidden: torch.Tensor, last: torch.Tensor, depth: int, rows: int) -> tuple[MlpChainArgs, list]:
+        """The kernel's arguments for ``hidden``'s requests with scratch for ``rows`` rows, and the
+        tensors they point at (kept alive by the caller until the call returns)."""
         model, config = self.model, self.model.config
         if not 0 < depth <= self.max_depth:
             raise ValueError(f"chain depth {depth} is outside 1..{self.max_depth}")
-        m = hidden.shape[0]
-        hidden = hidden.contiguous()
-        last = token_ids.to(torch.int64).contiguous()
-        state = torch.empty(m, max(config.emb_dim, config.inner), dtype=self.dtype)
-        projected = torch.empty(m, config.inner, dtype=self.dtype)
+        state = torch.empty(rows, max(config.emb_dim, config.inner), dtype=self.dtype)
+        projected = torch.empty(rows, config.inner, dtype=self.dtype)
         head_rows = model.head[0].weight.shape[0]
-        logits = torch.empty(m, head_rows, dtype=self.dtype)
-        out = torch.empty(m, depth, dtype=torch.int64)
-        scores = torch.zeros(m)
-        second = torch.empty(m, depth, dtype=torch.int64) if siblings else None
-        second_logp = torch.empty(m, depth) if siblings else None
-        rank = None if first_rank is None else first_rank.to(torch.int32).contiguous()
+        logits = torch.empty(rows, head_rows, dtype=self.dtype)
         args = MlpChainArgs(
-            M=m, depth=depth, emb_dim=config.emb_dim, inner=config.inner, head_rows=head_rows,
+            M=hidden.shape[0], depth=depth, emb_dim=config.emb_dim, inner=config.inner, head_rows=head_rows,
             is_bf16=int(self.dtype == torch.bfloat16), threads=torch.get_num_threads(),
             scale_input=int(model.ln0 is not None), eps=model.ln[0].eps,
             input_eps=model.ln0.eps if model.ln0 is not None else 0.0,
@@ -108,11 +107,38 @@ class CpuChain:
             head=ctypes.cast(self.tables["head"], _P),
             vocab_map=None if self.vocab_map is None else self.vocab_map.data_ptr(),
             state=state.data_ptr(), projected=projected.data_ptr(), logits=logits.data_ptr(),
-            work=self.work.data_ptr(), out_tokens=out.data_ptr(), out_scores=scores.data_ptr(),
-            out_second=None if second is None else second.data_ptr(),
-            out_second_logp=None if second_logp is None else second_logp.data_ptr(),
-            first_rank=None if rank is None else rank.data_ptr())
+            work=self.work.data_ptr())
+        return args, [state, projected, logits]
+
+    def propose(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden [M, emb_dim], token_ids [M] -> the chain's tokens [M, depth] and log-probabilities [M]."""
+        m = hidden.shape[0]
+        hidden = hidden.contiguous()
+        last = token_ids.to(torch.int64).contiguous()
+        args, scratch = self._args(hidden, last, depth, m)  # scratch: alive until the call returns
+        out = torch.empty(m, depth, dtype=torch.int64)
+        scores = torch.zeros(m)
+        args.out_tokens, args.out_scores = out.data_ptr(), scores.data_ptr()
         loaded().mlp_chain(ctypes.byref(args))
-        if second is not None:
-            return out, scores, second, second_logp
         return out, scores
+
+    def propose_beam(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int,
+                     width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The beam of ``MLPSpeculator.propose_beam`` in one kernel call: (tokens, logp, source)."""
+        if not 2 <= width <= BEAM_MAX_WIDTH:
+            raise ValueError(f"beam width {width} is outside 2..{BEAM_MAX_WIDTH}")
+        m = hidden.shape[0]
+        hidden = hidden.contiguous()
+        last = token_ids.to(torch.int64).contiguous()
+        args, scratch = self._args(hidden, last, depth, m * width)  # scratch: alive until the call returns
+        next_state = torch.empty(m * width, self.model.config.inner, dtype=self.dtype)
+        row_tokens = torch.empty(m * width, dtype=torch.int64)
+        row_logp = torch.empty(m * width)
+        tokens = torch.empty(m, depth, width, width, dtype=torch.int64)
+        logp = torch.empty(m, depth, width, width)
+        source = torch.empty(m, depth, width, dtype=torch.int64)
+        beam = MlpBeamArgs(chain=ctypes.pointer(args), width=width, next_state=next_state.data_ptr(),
+                           row_tokens=row_tokens.data_ptr(), row_logp=row_logp.data_ptr(),
+                           out_tokens=tokens.data_ptr(), out_logp=logp.data_ptr(), out_source=source.data_ptr())
+        loaded().mlp_beam(ctypes.byref(beam))
+        return tokens, logp, source

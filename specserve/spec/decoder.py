@@ -100,9 +100,9 @@ class SpecDecoder:
                 self.stats.record(item.tree, result)
                 level = self.levels.get(rid)
                 if level is not None:
-                    chain = chain_length(item.tree)  # a chain's siblings come after it
-                    rescued = bool(result.accepted_nodes) and result.accepted_nodes[-1] >= chain
-                    self.policy.observe_request(rid, level, len(result.token_ids), len(item.tree), chain, rescued)
+                    chain = chain_length(item.tree)  # the nodes beside a chain come after it
+                    on_chain = sum(1 for node in result.accepted_nodes if node < chain)
+                    self.policy.observe_request(rid, level, len(result.token_ids), len(item.tree), chain, on_chain)
         return results
 
     def choose(self, request_ids: list[str], num_other_tokens: int) -> list[Level]:

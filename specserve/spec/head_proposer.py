@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from specserve.model.fast_linear import enable_fast_linear
+from specserve.spec.chain_beam import BEAM_WIDTH, MAX_EXTRA_NODES, beam_extra_nodes, chain_with_beam
 from specserve.spec.draft_tree import DraftTree
 from specserve.spec.proposer import ProposalRequest
-from specserve.spec.siblings import RUNNER_UP_CONTINUATION, chain_with_siblings
+from specserve.spec.siblings import chain_with_siblings
 
 
 def speculator_dtype(base_dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -34,8 +35,9 @@ class HeadProposer:
     def __init__(self, name: str, model: nn.Module, top_k: list[int], num_candidates: int,
                  dtype: torch.dtype, device: torch.device, chain_siblings: int = 0) -> None:
         """``dtype``: the speculator's own (see ``speculator_dtype``); hidden states are cast to it.
-        ``chain_siblings``: second-best tokens verified beside each single chain (``spec/siblings.py``;
-        speculators with ``propose_chain_siblings`` only)."""
+        ``chain_siblings``: nodes beside each single chain: for an MLP speculator, above 0, those of a beam
+        over its stages (``spec/chain_beam.py``); for Medusa heads, the second-best tokens of that many
+        positions (``spec/siblings.py``)."""
         self.name = name
         self.model = model.to(device=device, dtype=dtype).eval()
         enable_fast_linear(self.model)  # its few-row products go to the CPU kernel, as the base model's
@@ -48,15 +50,17 @@ class HeadProposer:
         self.top_k = list(top_k)[:self.max_depth] + [1] * max(0, self.max_depth - len(top_k))
         self.num_candidates = num_candidates
         self.dtype = dtype
-        self.chain_siblings = chain_siblings if hasattr(self.model, "propose_chain_siblings") else 0
-        self.runner_up_continuation = RUNNER_UP_CONTINUATION
+        self.beam_width = BEAM_WIDTH if chain_siblings and hasattr(self.model, "propose_beam") else 0
+        self.chain_siblings = chain_siblings if self.beam_width or hasattr(self.model, "propose_chain_siblings") else 0
+        self.beam_max_extra = MAX_EXTRA_NODES
 
     def chain_extra_nodes(self, depth: int) -> int:
-        """Nodes a single chain of ``depth`` tokens carries at most besides its own: its siblings, and
-        the position-1 sibling's continuation (cut, as the chain, at ``depth`` tokens)."""
+        """Nodes a single chain of ``depth`` tokens carries at most besides its own."""
         if not self.chain_siblings or depth <= 0:
             return 0
-        return min(self.chain_siblings, depth) + min(self.runner_up_continuation, depth - 1)
+        if self.beam_width:
+            return beam_extra_nodes(depth, self.beam_max_extra)
+        return min(self.chain_siblings, depth)
 
     def propose(self, requests: list[ProposalRequest], hidden: torch.Tensor | None) -> list[DraftTree]:
         assert hidden is not None
@@ -67,17 +71,17 @@ class HeadProposer:
         # A single chain needs only each stage's best token; trees widen by the configured top-k.
         top_k = [1] * depth if num_paths == 1 else self.top_k[:depth]
         last = torch.tensor([r.token_ids[-1] for r in requests], device=hidden.device)
+        if num_paths == 1 and self.beam_width and self.beam_max_extra > 0:
+            beam = self.model.propose_beam(hidden.to(self.dtype), last, depth, self.beam_width)
+            tokens, logp, source = (t.tolist() for t in beam)
+            return [chain_with_beam(tokens[i][:r.max_depth], logp[i][:r.max_depth], source[i][:r.max_depth],
+                                    beam_extra_nodes(r.max_depth, self.beam_max_extra)) if r.max_depth > 0 else DraftTree()
+                    for i, r in enumerate(requests)]
         if num_paths == 1 and self.chain_siblings:
-            # The runner-up chain is cut at the depth asked, as the main one: below 2 it adds nothing to
-            # the sibling itself, and stages past ``depth`` would run for tokens no tree keeps.
-            runner_up_depth = min(1 + self.runner_up_continuation, depth)
-            chains = self.model.propose_chain_siblings(hidden.to(self.dtype), last, depth,
-                                                       runner_up_depth=runner_up_depth if runner_up_depth > 1 else 0)
+            chains = self.model.propose_chain_siblings(hidden.to(self.dtype), last, depth)
             tokens, siblings, logp = chains.tokens.tolist(), chains.siblings.tolist(), chains.sibling_logp.tolist()
-            runner_up = chains.runner_up.tolist() if chains.runner_up is not None else [None] * len(requests)
             return [chain_with_siblings(tokens[i][:r.max_depth], siblings[i][:r.max_depth], logp[i][:r.max_depth],
-                                        self.chain_siblings, runner_up[i] and runner_up[i][:r.max_depth])
-                    if r.max_depth > 0 else DraftTree()
+                                        self.chain_siblings) if r.max_depth > 0 else DraftTree()
                     for i, r in enumerate(requests)]
         paths, _ = self.model.propose_paths(hidden.to(self.dtype), last, top_k, num_paths)
         rows = paths.tolist()

@@ -63,11 +63,10 @@ class MedusaHeads(nn.Module):
         return head_ids if self.vocab_map is None else self.vocab_map[head_ids]
 
     @torch.inference_mode()
-    def propose_chain_siblings(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int,
-                               runner_up_depth: int = 0) -> ChainProposal:
-        """Same contract as MLPSpeculator.propose_chain_siblings: every head's best and second token.
-        No runner-up chain: the heads read only the base hidden state, so a different first token would
-        not change what the later heads propose."""
+    def propose_chain_siblings(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int) -> ChainProposal:
+        """The single chain (as ``propose_paths`` with top-k 1) and every head's second token, for
+        ``siblings.chain_with_siblings``. hidden [b, emb_dim], token_ids [b] (unused: the heads read only
+        the base hidden state)."""
         logp = torch.stack([F.log_softmax(self.heads[i](hidden).float(), dim=-1) for i in range(depth)], 1)
         top_logp, top = logp.topk(min(2, logp.shape[-1]), dim=-1)  # [b, depth, 2]
         prefix = top_logp[..., 0].cumsum(1) - top_logp[..., 0]  # the chain's log-probability before each head

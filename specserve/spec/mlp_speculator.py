@@ -32,8 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specserve.spec.siblings import ChainProposal
-
 if TYPE_CHECKING:
     from specserve.spec.cpu_chain import CpuChain
 
@@ -203,69 +201,75 @@ class MLPSpeculator(nn.Module):
         return paths.gather(1, best.unsqueeze(2).expand(b, num_paths, paths.shape[2])), best_scores
 
     @torch.inference_mode()
-    def propose_chain_siblings(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int,
-                               runner_up_depth: int = 0) -> ChainProposal:
-        """The single chain (as ``propose_paths`` with top-k 1) and each stage's second-best token,
-        for ``siblings.chain_with_siblings``. hidden [b, emb_dim], token_ids [b]. With
-        ``runner_up_depth`` n > 0, also the n-token chain that starts from the first stage's runner-up:
-        it runs as b more rows of the same stages (the products read each weight once for all rows)."""
-        b = hidden.shape[0]
-        if runner_up_depth <= 0 or depth <= 0:
-            tokens, _, second, second_logp = self._chain(hidden, token_ids, depth, siblings=True)
-            assert second is not None and second_logp is not None
-            return ChainProposal(tokens, second, second_logp)
-        rank = torch.cat([torch.zeros(b, dtype=torch.int32), torch.ones(b, dtype=torch.int32)])
-        tokens, _, second, second_logp = self._chain(torch.cat([hidden, hidden]), torch.cat([token_ids, token_ids]),
-                                                     max(depth, runner_up_depth), siblings=True, first_rank=rank)
-        assert second is not None and second_logp is not None
-        return ChainProposal(tokens[:b, :depth], second[:b, :depth], second_logp[:b, :depth],
-                             tokens[b:, :runner_up_depth])
+    def propose_beam(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int,
+                     width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A beam over the stages, for the tree beside the chain (``spec/chain_beam.py``).
+
+        The first stage runs one row a request; each later stage runs ``width``: row 0 the chain (each
+        stage's best token after the chain before it), rows 1.. the best other candidates of the stage
+        before by path log-probability (first on ties). Every row's ``width`` best tokens are its
+        candidates. hidden [b, emb_dim], token_ids [b]. Returns, per request and stage:
+        tokens [b, depth, width, width] (row, rank; -1: none), their path log-probabilities (-inf: none),
+        and source [b, depth, width]: the candidate of the stage before (row * width + rank) each row
+        continues (stage 0: 0 for row 0, the root; -1: no row). The CPU kernel when it applies."""
+        if self.cpu_chain is not None and depth and self.cpu_chain.applies(hidden, width):
+            return self.cpu_chain.propose_beam(hidden, token_ids, depth, width)
+        b, dev = hidden.shape[0], hidden.device
+        tokens = torch.full((b, depth, width, width), -1, dtype=torch.long, device=dev)
+        logp = torch.full((b, depth, width, width), float("-inf"), device=dev)
+        source = torch.full((b, depth, width), -1, dtype=torch.long, device=dev)
+        if depth:
+            source[:, 0, 0] = 0
+        state = self.input_state(hidden).unsqueeze(1)  # [b, rows, d]
+        row_tokens = token_ids.view(b, 1)
+        row_logp = torch.zeros(b, 1, device=dev)
+        batch = torch.arange(b, device=dev).unsqueeze(1)
+        for i in range(depth):
+            state, logits = self.step(i, state, row_tokens)  # [b, rows, inner], [b, rows, V]
+            logits = logits.float()
+            rows, k = logits.shape[1], min(width, logits.shape[-1])
+            values, index = logits.sort(dim=-1, descending=True, stable=True)  # first index on ties
+            values, index = values[..., :k], index[..., :k]
+            cand = row_logp.unsqueeze(-1) + values - torch.logsumexp(logits, dim=-1, keepdim=True)
+            live = (source[:, i, :rows] >= 0).unsqueeze(-1) & torch.isfinite(values)
+            tokens[:, i, :rows, :k] = torch.where(live, self.head_to_vocab(index), -1)
+            logp[:, i, :rows, :k] = torch.where(live, cand, float("-inf"))
+            if i + 1 == depth:
+                break
+            flat = logp[:, i].reshape(b, width * width)
+            others = flat[:, 1:].sort(dim=1, descending=True, stable=True)
+            chosen = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=dev), others.indices[:, :width - 1] + 1], 1)
+            has = torch.cat([torch.isfinite(flat[:, :1]), torch.isfinite(others.values[:, :width - 1])], 1)
+            source[:, i + 1] = torch.where(has, chosen, -1)
+            pick = torch.where(has, chosen, 0)  # a row without a candidate runs on the chain's (and is ignored)
+            state = state[batch, pick // width]
+            row_tokens = tokens[:, i].reshape(b, width * width)[batch, pick]
+            row_tokens = torch.where(row_tokens >= 0, row_tokens, token_ids.view(b, 1))
+            row_logp = flat[batch, pick]
+        return tokens, logp, source
 
     def _propose_chain(self, hidden: torch.Tensor, token_ids: torch.Tensor,
                        depth: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The best path when only one is wanted: each stage's argmax, no top-k tree to build.
 
         The same path as the tree search with top-k 1 everywhere, in fewer operations: a decode step
-        on this CPU is ~10 ms, so the few hundred microseconds of tree bookkeeping matter.
+        on this CPU is ~10 ms, so the few hundred microseconds of tree bookkeeping matter. The CPU
+        kernel when it applies.
         """
-        tokens, scores, _, _ = self._chain(hidden, token_ids, depth, siblings=False)
-        return tokens.unsqueeze(1), scores.unsqueeze(1)
-
-    def _chain(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int, siblings: bool,
-               first_rank: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Each stage's argmax fed to the next: tokens [b, depth] and their summed log-probability [b];
-        with ``siblings``, also each stage's runner-up (-1: none) and its path's log-probability
-        [b, depth] (as ``siblings.ChainProposal``). ``first_rank`` [b] (0 or 1): rows with 1 take their
-        first stage's runner-up (where there is one) instead of its best token. The CPU kernel when it
-        applies, PyTorch otherwise."""
         if depth and self.cpu_chain is not None and self.cpu_chain.applies(hidden):
-            out = self.cpu_chain.propose(hidden, token_ids, depth, siblings=siblings, first_rank=first_rank)
-            return (out[0], out[1], out[2], out[3]) if siblings else (out[0], out[1], None, None)
+            tokens, score = self.cpu_chain.propose(hidden, token_ids, depth)
+            return tokens.unsqueeze(1), score.unsqueeze(1)
         state = self.input_state(hidden)
         tokens = token_ids
-        path, second, second_logp = [], [], []
+        path = []
         score = torch.zeros(hidden.shape[0], device=hidden.device)
         for i in range(depth):
             state, logits = self.step(i, state, tokens)
             logits = logits.float()
             best, top = logits.max(dim=-1)  # first index on ties, as torch.max and the kernel
-            log_sum = torch.logsumexp(logits, dim=-1)
-            if siblings or (i == 0 and first_rank is not None):
-                runner_up, top2 = logits.scatter(-1, top.unsqueeze(-1), float("-inf")).max(dim=-1)
-                none = torch.isinf(runner_up)  # a one-row head has no second token
-            if siblings:
-                second.append(torch.where(none, -1, self.head_to_vocab(top2)))
-                second_logp.append(score + runner_up - log_sum)
-            if i == 0 and first_rank is not None:
-                take = (first_rank.to(top.device) == 1) & ~none
-                best, top = torch.where(take, runner_up, best), torch.where(take, top2, top)
-            score = score + best - log_sum
+            score = score + best - torch.logsumexp(logits, dim=-1)
             tokens = self.head_to_vocab(top)
             path.append(tokens)
         if not depth:
-            empty = torch.empty(hidden.shape[0], 0, dtype=torch.long, device=hidden.device)
-            return empty, score, (empty if siblings else None), (empty.float() if siblings else None)
-        if not siblings:
-            return torch.stack(path, 1), score, None, None
-        return torch.stack(path, 1), score, torch.stack(second, 1), torch.stack(second_logp, 1)
+            return torch.empty(hidden.shape[0], 1, 0, dtype=torch.long, device=hidden.device), score.unsqueeze(1)
+        return torch.stack(path, 1).unsqueeze(1), score.unsqueeze(1)

@@ -269,8 +269,8 @@ class SpeculationPolicy:
         self.request_stats: dict[str, AcceptanceStats] = {}
         self.global_chain = ChainAcceptance(decay=0.95)  # every request's chain steps, per position
         self.request_chain: dict[str, ChainAcceptance] = {}
-        # EMA over chain steps that carried siblings of whether a sibling was accepted in place of a
-        # failed chain token (one token more than the chain alone); 0 until measured.
+        # EMA over chain steps that carried nodes beside the chain (spec/chain_beam.py) of the tokens they
+        # added to what the chain alone gave (a path that leaves the chain where it failed); 0 until measured.
         self.sibling_rescue = 0.0
         # Per request: EMA of accepted drafts per draft token, whatever the level. Requests below
         # MIN_RATE sit out (no drafts) until their estimate is reset for a retry.
@@ -296,20 +296,20 @@ class SpeculationPolicy:
         self.proposal_seconds[level] = ema(self.proposal_seconds.get(level), seconds / max(num_requests, 1), 0.8)
 
     def observe_request(self, request_id: str, level: Level, emitted: int, num_nodes: int,
-                        chain_drafts: int | None = None, rescued: bool = False) -> None:
+                        chain_drafts: int | None = None, chain_accepted: int | None = None) -> None:
         """One request's verified step: ``emitted`` tokens from ``num_nodes`` draft nodes. For a chain
-        that carried siblings (``spec/siblings.py``): ``chain_drafts``, the chain's own length, and
-        ``rescued``, whether the accepted path ended on a sibling instead of the chain."""
+        that carried other nodes (``spec/chain_beam.py``): ``chain_drafts``, the chain's own length, and
+        ``chain_accepted``, how many of the chain's own nodes the accepted path holds."""
         self.global_stats.observe(level, emitted, num_nodes)
         self.request_stats.setdefault(request_id, AcceptanceStats(decay=0.8)).observe(level, emitted, num_nodes)
         if level.candidates == 1 and num_nodes:
             drafts = num_nodes if chain_drafts is None else chain_drafts
-            # the chain's positions learn only from the chain: a rescue means its last position failed
-            accepted = emitted - 1 - int(rescued)
+            # the chain's positions learn only from the chain; the rest is the other nodes' rescue
+            accepted = emitted - 1 if chain_accepted is None else chain_accepted
             self.global_chain.observe(drafts, accepted)
             self.request_chain.setdefault(request_id, ChainAcceptance(decay=0.8)).observe(drafts, accepted)
             if num_nodes > drafts:
-                self.sibling_rescue = ema(self.sibling_rescue, float(rescued), 0.95)
+                self.sibling_rescue = ema(self.sibling_rescue, float(max(0, emitted - 1 - accepted)), 0.95)
         if num_nodes:
             rate = (emitted - 1) / num_nodes
             self.global_rate = ema(self.global_rate, rate, 0.95)
@@ -373,7 +373,7 @@ class SpeculationPolicy:
             lower = int(length)
             upper = min(lower + 1, level.depth)
             emitted = chain[lower] + (length - lower) * (chain[upper] - chain[lower])
-            emitted += self.sibling_rescue  # a sibling taken instead of a failed chain token: one more
+            emitted += self.sibling_rescue  # tokens from the nodes beside the chain where it failed
         return emitted, nodes
 
     def _expected_any_request(self, level: Level, chain: list[float]) -> tuple[float, float]:
