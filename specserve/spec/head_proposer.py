@@ -72,10 +72,15 @@ class HeadProposer:
         top_k = [1] * depth if num_paths == 1 else self.top_k[:depth]
         last = torch.tensor([r.token_ids[-1] for r in requests], device=hidden.device)
         if num_paths == 1 and self.beam_width and self.beam_max_extra > 0:
-            beam = self.model.propose_beam(hidden.to(self.dtype), last, depth, self.beam_width)
+            extra = [beam_extra_nodes(r.max_depth, self.beam_max_extra) for r in requests]
+            # With at most E nodes beside the chain, a stage needs only the chain's row and E others, and
+            # a row only its E + 1 best tokens: a wider beam gives the same trees, ties aside (a child's path is
+            # never likelier than its parent's). Short chains at high load keep the speculator cheap.
+            width = min(self.beam_width, 1 + max(extra))
+            beam = self.model.propose_beam(hidden.to(self.dtype), last, depth, width)
             tokens, logp, source = (t.tolist() for t in beam)
             return [chain_with_beam(tokens[i][:r.max_depth], logp[i][:r.max_depth], source[i][:r.max_depth],
-                                    beam_extra_nodes(r.max_depth, self.beam_max_extra)) if r.max_depth > 0 else DraftTree()
+                                    extra[i]) if r.max_depth > 0 else DraftTree()
                     for i, r in enumerate(requests)]
         if num_paths == 1 and self.chain_siblings:
             chains = self.model.propose_chain_siblings(hidden.to(self.dtype), last, depth)

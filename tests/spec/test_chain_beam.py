@@ -176,3 +176,17 @@ def test_a_path_that_leaves_the_chain_counts_against_the_chain_and_for_the_rescu
     for _ in range(200):
         policy.observe_request("r0", Level(3, 1), emitted=4, num_nodes=6, chain_drafts=3, chain_accepted=3)
     assert policy.sibling_rescue < 0.01 and policy.global_chain_rates()[0] > 0.9
+
+
+@pytest.mark.parametrize("extra", [1, 2, 3])
+def test_a_beam_one_wider_than_the_nodes_kept_gives_the_same_trees(extra: int) -> None:
+    model = random_speculator(torch.float32)
+    hidden, last = inputs(16, torch.float32)
+
+    def trees(width: int) -> list[tuple[list[int], list[int]]]:
+        tokens, logp, source = (t.tolist() for t in model.propose_beam(hidden, last, 5, width))
+        built = [chain_with_beam(tokens[r], logp[r], source[r], extra) for r in range(16)]
+        return [(tree.token_ids, tree.parents) for tree in built]
+
+    assert trees(extra + 1) == trees(6)
+    assert all(len(ids) == 5 + extra for ids, _ in trees(extra + 1))
