@@ -103,6 +103,7 @@ def main() -> None:
             (LlamaForCausalLM, "forward", "model forward"), (cpu_decoder.CpuDecoder, "run", "  decoder call"),
             (LlamaForCausalLM, "compute_logits", "output head"), (spec_decoder.SpecDecoder, "propose", "proposal"),
             (head_proposer.HeadProposer, "propose", "  speculator"), (cpu_chain.CpuChain, "propose", "    kernel chain"),
+            (cpu_chain.CpuChain, "propose_beam", "    kernel beam"),
             (spec_decoder.SpecDecoder, "verify", "verification"), (spec_decoder.SpecDecoder, "choose", "policy choose"),
             (model_runner, "build_input_batch", "input batch"), (model_runner.ModelRunner, "_move_slots", "KV moves")]:
         timed(owner, name, label)
