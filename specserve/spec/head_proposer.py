@@ -82,7 +82,7 @@ class HeadProposer:
             return [chain_with_beam(tokens[i][:r.max_depth], logp[i][:r.max_depth], source[i][:r.max_depth],
                                     extra[i]) if r.max_depth > 0 else DraftTree()
                     for i, r in enumerate(requests)]
-        if num_paths == 1 and self.chain_siblings:
+        if num_paths == 1 and self.chain_siblings and not self.beam_width:
             chains = self.model.propose_chain_siblings(hidden.to(self.dtype), last, depth)
             tokens, siblings, logp = chains.tokens.tolist(), chains.siblings.tolist(), chains.sibling_logp.tolist()
             return [chain_with_siblings(tokens[i][:r.max_depth], siblings[i][:r.max_depth], logp[i][:r.max_depth],

@@ -190,3 +190,14 @@ def test_a_beam_one_wider_than_the_nodes_kept_gives_the_same_trees(extra: int) -
 
     assert trees(extra + 1) == trees(6)
     assert all(len(ids) == 5 + extra for ids, _ in trees(extra + 1))
+
+
+def test_no_nodes_beside_the_chain_is_the_chain_alone() -> None:
+    proposer = HeadProposer("mlp", random_speculator(torch.float32), [1, 1, 1], 1, torch.float32,
+                            torch.device("cpu"), chain_siblings=1)
+    proposer.beam_max_extra = 0
+    hidden = torch.randn(4, 48, generator=torch.Generator().manual_seed(7))
+    requests = [ProposalRequest(f"r{i}", [i], 1, 3, 1) for i in range(4)]
+    trees = proposer.propose(requests, hidden)
+    chains = proposer.model.propose_paths(hidden, torch.arange(4), [1] * 3, 1)[0][:, 0].tolist()
+    assert [tree.token_ids for tree in trees] == chains and proposer.chain_extra_nodes(3) == 0
