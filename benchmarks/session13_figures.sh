@@ -20,8 +20,11 @@ HELDOUT="latency --configs off,auto --chat-prompts specserve/train/data/prompts_
 bench s13_latency_heldout_float32 $HELDOUT --num-prompts 32 --dtype float32
 bench s13_latency_heldout_bfloat16 $HELDOUT --num-prompts 32 --dtype bfloat16
 bench s13_latency_heldout_all_float32 $HELDOUT --num-prompts 0 --dtype float32
+bench s13_latency_heldout_all_float32_run2 $HELDOUT --num-prompts 0 --dtype float32  # the same, again
 bench s13_throughput_c8_c32 throughput --concurrency 8,32 --configs off,auto,control --max-tokens 128 \
   --num-requests 32 --repeats 6 --speculator default+ngram --dtype float32
+bench s13_throughput_c4_c16 throughput --concurrency 4,16 --configs off,auto,control --max-tokens 128 \
+  --num-requests 32 --repeats 4 --speculator default+ngram --dtype float32
 if want s13_step_breakdown; then
   echo "== s13_step_breakdown: benchmarks/step_breakdown.py --speculation off,auto (load: $(load))"
   "$PY" benchmarks/step_breakdown.py --speculation off,auto --num-prompts 32 --threads "$T" \

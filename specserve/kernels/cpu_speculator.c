@@ -44,8 +44,6 @@ ALWAYS_INLINE void put(void* p, int64_t i, float v, int bf16) {
   else ((float*)p)[i] = v;
 }
 
-// The largest of a row's n logits, lane ``skip`` left out (-1: none), and the first index holding
-// ``value`` other than ``skip`` (-1 if none), 16 values at a time.
 // The largest of a row's n logits, the ``num_skip`` lanes in ``skip`` left out, and the first index
 // holding ``value`` outside them (-1 if none), 16 values at a time.
 ALWAYS_INLINE __mmask16 kept_lanes(int r, const int* skip, int num_skip) {
@@ -87,8 +85,8 @@ static int first_index_of(const void* logits, int64_t row, int n, int bf16, floa
 
 // The k best of a row of n logits, best first: each the first index of the largest value among those
 // not yet taken (as torch.max on ties); index -1 and value -inf once every other one is -inf.
-// Vectorised, in place of a scalar scan with a branch per value (the shipped 5-stage chain with a
-// second row: ~0.50 -> ~0.46 ms per proposal, least of 200).
+// Vectorised, in place of a scalar scan with a branch per value (session 11, the shipped 5-stage chain
+// with a second row: ~0.50 -> ~0.46 ms per proposal, least of 200).
 static void top_k(const void* logits, int64_t row, int n, int bf16, int k, int* index, float* value) {
   int taken = 0;
   for (int t = 0; t < k; t++) {
