@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> BenchResult:
                 paired = [a / b for a, b in zip(rounds[index], rounds[off_index])]
                 row.update(x_off_round_median=statistics.median(paired), x_off_round_min=min(paired),
                            x_off_round_max=max(paired))
+                # every round's ratio, for paired statistics across rounds
+                result.extra.setdefault("x_off_rounds", {})[f"{setup.label} @ {concurrency}"] = paired
             result.rows.append(row)
             if setup.is_baseline:
                 baseline[concurrency] = row["total_tok_s"]

@@ -38,6 +38,10 @@ def test_a_control_engine_is_measured_against_off_not_taken_as_it(run_bench, tin
     assert control["spec_steps"] == 0
     assert control["x_off"] == pytest.approx(control["total_tok_s"] / rows["off"]["total_tok_s"])
     assert control["x_off_round_min"] <= control["x_off_round_median"] <= control["x_off_round_max"]
+    # every round's paired ratio is kept, in round order
+    paired = result["extra"]["x_off_rounds"]
+    assert len(paired["control @ 2"]) == 3 and set(paired["off @ 2"]) == {1.0}
+    assert min(paired["control @ 2"]) == control["x_off_round_min"]
 
 
 def test_throughput_rejects_bad_concurrency(run_bench, tiny_llama_dir):
