@@ -28,6 +28,9 @@ bench s13_throughput_c4_c16 throughput --concurrency 4,16 --configs off,auto,con
 # Twelve rounds, for paired statistics of the per-round ratios (extra.x_off_rounds in the JSON).
 bench s13_throughput_c8_c32_12rounds throughput --concurrency 8,32 --configs off,auto,control --max-tokens 128 \
   --num-requests 32 --repeats 12 --speculator default+ngram --dtype float32
+if want s13_throughput_c8_c32_12rounds; then
+  "$PY" benchmarks/paired_rounds.py "$OUT/s13_throughput_c8_c32_12rounds.json" | tee "$OUT/s13_throughput_c8_c32_12rounds_paired.txt"
+fi
 if want s13_step_breakdown; then
   echo "== s13_step_breakdown: benchmarks/step_breakdown.py --speculation off,auto (load: $(load))"
   "$PY" benchmarks/step_breakdown.py --speculation off,auto --num-prompts 32 --threads "$T" \
