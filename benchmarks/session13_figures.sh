@@ -19,6 +19,10 @@ HELDOUT="latency --configs off,auto --chat-prompts specserve/train/data/prompts_
   --max-tokens 128 --speculator default+ngram"
 bench s13_latency_heldout_float32 $HELDOUT --num-prompts 32 --dtype float32
 bench s13_latency_heldout_bfloat16 $HELDOUT --num-prompts 32 --dtype bfloat16
+# Prompt lookup alone against off and the shipped setup, chat and the rewrite prompts, one run.
+bench s13_latency_ngram_rewrite latency --configs off,ngram-auto,auto --chat-prompts specserve/train/data/prompts_heldout.jsonl \
+  --num-prompts 32 --rewrite-prompts benchmarks/prompts_rewrite.jsonl --stop-at-eos --max-tokens 128 \
+  --speculator default+ngram --dtype float32
 bench s13_latency_heldout_all_float32 $HELDOUT --num-prompts 0 --dtype float32
 bench s13_latency_heldout_all_float32_run2 $HELDOUT --num-prompts 0 --dtype float32  # the same, again
 bench s13_throughput_c8_c32 throughput --concurrency 8,32 --configs off,auto,control --max-tokens 128 \
