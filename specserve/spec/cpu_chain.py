@@ -85,12 +85,15 @@ class CpuChain:
                 and 1 <= hidden.shape[0] * rows_per_request <= PACKED_MAX_ROWS[self.dtype]
                 and not torch.is_grad_enabled())
 
-    def _args(self, hidden: torch.Tensor, last: torch.Tensor, depth: int, rows: int) -> tuple[MlpChainArgs, list]:
+    def _args(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int,
+              rows: int) -> tuple[MlpChainArgs, list[torch.Tensor]]:
         """The kernel's arguments for ``hidden``'s requests with scratch for ``rows`` rows, and the
         tensors they point at (kept alive by the caller until the call returns)."""
         model, config = self.model, self.model.config
         if not 0 < depth <= self.max_depth:
             raise ValueError(f"chain depth {depth} is outside 1..{self.max_depth}")
+        hidden = hidden.contiguous()
+        last = token_ids.to(torch.int64).contiguous()
         state = torch.empty(rows, max(config.emb_dim, config.inner), dtype=self.dtype)
         projected = torch.empty(rows, config.inner, dtype=self.dtype)
         head_rows = model.head[0].weight.shape[0]
@@ -108,14 +111,12 @@ class CpuChain:
             vocab_map=None if self.vocab_map is None else self.vocab_map.data_ptr(),
             state=state.data_ptr(), projected=projected.data_ptr(), logits=logits.data_ptr(),
             work=self.work.data_ptr())
-        return args, [state, projected, logits]
+        return args, [hidden, last, state, projected, logits]
 
     def propose(self, hidden: torch.Tensor, token_ids: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden [M, emb_dim], token_ids [M] -> the chain's tokens [M, depth] and log-probabilities [M]."""
         m = hidden.shape[0]
-        hidden = hidden.contiguous()
-        last = token_ids.to(torch.int64).contiguous()
-        args, scratch = self._args(hidden, last, depth, m)  # scratch: alive until the call returns
+        args, alive = self._args(hidden, token_ids, depth, m)  # alive until the call returns
         out = torch.empty(m, depth, dtype=torch.int64)
         scores = torch.zeros(m)
         args.out_tokens, args.out_scores = out.data_ptr(), scores.data_ptr()
@@ -128,9 +129,7 @@ class CpuChain:
         if not 2 <= width <= BEAM_MAX_WIDTH:
             raise ValueError(f"beam width {width} is outside 2..{BEAM_MAX_WIDTH}")
         m = hidden.shape[0]
-        hidden = hidden.contiguous()
-        last = token_ids.to(torch.int64).contiguous()
-        args, scratch = self._args(hidden, last, depth, m * width)  # scratch: alive until the call returns
+        args, alive = self._args(hidden, token_ids, depth, m * width)  # alive until the call returns
         next_state = torch.empty(m * width, self.model.config.inner, dtype=self.dtype)
         row_tokens = torch.empty(m * width, dtype=torch.int64)
         row_logp = torch.empty(m * width)

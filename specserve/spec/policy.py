@@ -252,7 +252,7 @@ class SpeculationPolicy:
     def __init__(self, mode: str, max_depth: int, max_candidates: int, explore_every: int = 16,
                  chain_extra_nodes: Callable[[int], int] | None = None) -> None:
         """``chain_extra_nodes(depth)``: the nodes a single chain of that depth carries besides its own
-        (the proposer's siblings, ``spec/siblings.py``), priced until levels have measured node counts."""
+        (``spec/chain_beam.py``, ``spec/siblings.py``), priced until levels have measured node counts."""
         self.chain_extra_nodes = chain_extra_nodes or (lambda depth: 0)
         if mode not in ("auto", "on", "off"):
             raise ValueError(f"speculation must be auto, on or off, got {mode!r}")

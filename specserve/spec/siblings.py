@@ -29,8 +29,8 @@ def default_chain_siblings(device: torch.device) -> int:
     On the 2-core EPYC, one request, 16 held-out chat prompts, the MLP speculator's forced 5-token chain
     (session 10, `benchmarks/siblings_ab.py`, removed in session 13): 1.88x of plain decoding without
     siblings, 1.97x with one, 1.90x with two, 1.74x with three (2.25 / 2.43 / 2.47 / 2.49 tokens per
-    step). A GPU has not run them: there the
-    proposal runs as PyTorch ops, a few more per stage than the chain's own.
+    step). A GPU has not run them: there the proposal runs as PyTorch ops, a few more per stage than
+    the chain's own.
     """
     return 1 if torch.device(device).type == "cpu" else 0
 
